@@ -1,0 +1,397 @@
+//! Core tests with virtual time: no sockets, no database. Each stream's lines are applied to a
+//! client-side netmap and compared with what the core says the node should see.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use super::*;
+use proto::map::apply;
+
+const T0: u64 = 1_800_000_000;
+
+fn cfg() -> MeshConfig {
+    MeshConfig {
+        domain: "mesh.internal".into(),
+        ula_prefix: "fd12:3456:789a::".parse().unwrap(),
+        batch_window: Duration::from_millis(20),
+        key_lifetime: Duration::from_secs(180 * 86400),
+        ephemeral_timeout: Duration::from_secs(1800),
+    }
+}
+
+struct Sim {
+    mesh: Mesh,
+    now: Instant,
+    unix: u64,
+    /// What each stream's client believes, built only from the lines it received.
+    clients: HashMap<StreamId, (NodeId, Option<Netmap>, bool)>,
+    next_key: u8,
+}
+
+impl Sim {
+    fn new(policy: Policy) -> Self {
+        Self {
+            mesh: Mesh::new(cfg(), policy, vec![], T0),
+            now: Instant::now(),
+            unix: T0,
+            clients: HashMap::new(),
+            next_key: 1,
+        }
+    }
+
+    fn add(&mut self, host: &str, tags: &[&str]) -> NodeId {
+        let key = keys::PrivateKey::from_bytes([self.next_key; 32]).public_key();
+        self.next_key += 1;
+        let plan = self
+            .mesh
+            .plan_node(
+                key,
+                host,
+                tags.iter().map(|t| t.to_string()).collect(),
+                false,
+                None,
+                self.unix,
+            )
+            .unwrap();
+        // Ids are never reused, as in the store (AUTOINCREMENT).
+        let id = NodeId(u64::from(self.next_key) + 99);
+        let rec = NodeRecord {
+            id,
+            public_key: plan.public_key,
+            name: plan.name,
+            hostname: plan.hostname,
+            ipv4: plan.ipv4,
+            ipv6: plan.ipv6,
+            tags: plan.tags,
+            ephemeral: false,
+            auth_key_id: None,
+            created: self.unix,
+            key_expiry: plan.key_expiry,
+            last_seen: None,
+        };
+        self.mesh.insert_node(rec, self.now, self.unix);
+        id
+    }
+
+    fn connect(&mut self, id: NodeId) -> StreamId {
+        let sid = self.mesh.open_stream(id, self.now, self.unix).unwrap();
+        self.clients.insert(sid, (id, None, false));
+        self.drain();
+        sid
+    }
+
+    fn drain(&mut self) -> usize {
+        let mut n = 0;
+        while let Some(out) = self.mesh.poll_output() {
+            n += 1;
+            let (sid, bytes, close) = match out {
+                Output::Send { stream, line } => (stream, line, false),
+                Output::Close { stream, line } => (stream, line, true),
+            };
+            assert_eq!(bytes.last(), Some(&b'\n'));
+            let msg: MapMessage = serde_json::from_slice(&bytes).unwrap();
+            let client = self.clients.get_mut(&sid).unwrap();
+            match msg {
+                MapMessage::Full { netmap, .. } => client.1 = Some(netmap),
+                MapMessage::Delta { delta, .. } => {
+                    apply(client.1.as_mut().expect("full map first"), &delta).unwrap()
+                }
+                MapMessage::Keepalive => {}
+                MapMessage::Revoked { .. } => assert!(close),
+            }
+            client.2 |= close;
+        }
+        n
+    }
+
+    /// Lets the batch window pass and delivers what it flushed.
+    fn settle(&mut self) -> usize {
+        self.now += Duration::from_millis(25);
+        self.mesh.handle_timeout(self.now);
+        assert!(self.mesh.poll_timeout().is_none());
+        self.drain()
+    }
+
+    /// Every open client's netmap equals the core's view of its node.
+    fn check(&self) {
+        for (sid, (id, map, closed)) in &self.clients {
+            if *closed {
+                continue;
+            }
+            let want = self.mesh.netmap_for(*id).unwrap();
+            assert_eq!(map.as_ref().unwrap(), &want, "stream {sid:?} of node {id}");
+        }
+    }
+
+    fn peers_of(&self, sid: StreamId) -> Vec<String> {
+        let m = self.clients[&sid].1.as_ref().unwrap();
+        m.peers.iter().map(|p| p.name.clone()).collect()
+    }
+}
+
+#[test]
+fn full_map_then_shared_deltas() {
+    let mut sim = Sim::new(Policy::default());
+    let ids: Vec<_> = (0..5).map(|i| sim.add(&format!("n{i}"), &[])).collect();
+    sim.settle();
+    let sids: Vec<_> = ids.iter().map(|id| sim.connect(*id)).collect();
+    sim.settle();
+    sim.check();
+    assert_eq!(sim.peers_of(sids[0]), vec!["n1", "n2", "n3", "n4"]);
+    assert!(sim.clients[&sids[0]]
+        .1
+        .as_ref()
+        .unwrap()
+        .peers
+        .iter()
+        .all(|p| p.online));
+
+    // One endpoint change: one line per other stream, all the same bytes.
+    sim.mesh
+        .set_endpoints(ids[2], vec!["192.0.2.7:41641".parse().unwrap()], sim.now);
+    sim.now += Duration::from_millis(25);
+    sim.mesh.handle_timeout(sim.now);
+    let mut lines = vec![];
+    while let Some(Output::Send { stream, line }) = sim.mesh.poll_output() {
+        assert_ne!(
+            stream, sids[2],
+            "a node is not told its own endpoints as a peer"
+        );
+        lines.push(line);
+    }
+    assert_eq!(lines.len(), 4);
+    assert!(
+        lines.windows(2).all(|w| w[0].as_ptr() == w[1].as_ptr()),
+        "serialized once"
+    );
+    let text = std::str::from_utf8(&lines[0]).unwrap();
+    assert!(
+        text.contains("192.0.2.7:41641") && text.len() < 200,
+        "{text}"
+    );
+}
+
+#[test]
+fn changes_in_one_window_are_batched() {
+    let mut sim = Sim::new(Policy::default());
+    let a = sim.add("a", &[]);
+    let b = sim.add("b", &[]);
+    sim.settle();
+    let sa = sim.connect(a);
+    sim.connect(b);
+    sim.settle();
+    for port in 1..=10u16 {
+        sim.mesh.set_endpoints(
+            b,
+            vec![SocketAddr::from((Ipv4Addr::new(192, 0, 2, 1), port))],
+            sim.now,
+        );
+        sim.now += Duration::from_millis(1);
+    }
+    assert_eq!(sim.settle(), 1, "ten changes, one line");
+    sim.check();
+    let m = sim.clients[&sa].1.as_ref().unwrap();
+    assert_eq!(m.peers[0].endpoints[0].port(), 10);
+}
+
+#[test]
+fn policy_limits_peers_and_changes_reach_only_those_affected() {
+    let policy = Policy::parse(
+        r#"{"acls": [{"src": ["tag:dev"], "dst": ["tag:server"], "ports": ["22"], "proto": "tcp"}]}"#,
+    )
+    .unwrap();
+    let mut sim = Sim::new(policy);
+    let dev1 = sim.add("dev1", &["tag:dev"]);
+    let dev2 = sim.add("dev2", &["tag:dev"]);
+    let srv = sim.add("srv", &["tag:server"]);
+    let other = sim.add("other", &[]);
+    sim.settle();
+    let s_dev1 = sim.connect(dev1);
+    let s_srv = sim.connect(srv);
+    let s_other = sim.connect(other);
+    sim.connect(dev2);
+    sim.settle();
+    sim.check();
+    assert_eq!(sim.peers_of(s_dev1), vec!["srv"]);
+    assert_eq!(sim.peers_of(s_srv), vec!["dev1", "dev2"]);
+    assert!(sim.peers_of(s_other).is_empty());
+    let f = &sim.clients[&s_srv].1.as_ref().unwrap().packet_filter;
+    assert_eq!(f.len(), 1);
+    assert!(sim.clients[&s_dev1]
+        .1
+        .as_ref()
+        .unwrap()
+        .packet_filter
+        .is_empty());
+
+    // dev2 moves: only srv hears of it (dev1 cannot see dev2).
+    sim.mesh
+        .set_endpoints(dev2, vec!["198.51.100.2:1".parse().unwrap()], sim.now);
+    assert_eq!(sim.settle(), 1);
+
+    // Open the mesh: everyone learns of everyone; filters change.
+    sim.mesh.set_policy(Policy::default(), sim.now);
+    sim.settle();
+    sim.check();
+    assert_eq!(sim.peers_of(s_other), vec!["dev1", "dev2", "srv"]);
+
+    // And close it again.
+    sim.mesh
+        .set_policy(Policy::parse(r#"{"acls": []}"#).unwrap(), sim.now);
+    sim.settle();
+    sim.check();
+    assert!(sim.peers_of(s_srv).is_empty());
+}
+
+#[test]
+fn expiry_and_removal_reach_peers_and_end_streams() {
+    let mut sim = Sim::new(Policy::default());
+    let a = sim.add("a", &[]);
+    let b = sim.add("b", &[]);
+    let c = sim.add("c", &[]);
+    sim.settle();
+    let sa = sim.connect(a);
+    let sb = sim.connect(b);
+    sim.connect(c);
+    sim.settle();
+
+    sim.mesh.set_key_expiry(b, sim.unix, sim.now, sim.unix);
+    sim.settle();
+    assert!(sim.clients[&sb].2, "b's stream was closed");
+    assert_eq!(sim.peers_of(sa), vec!["c"]);
+    sim.check();
+    assert!(
+        sim.mesh.open_stream(b, sim.now, sim.unix).is_none(),
+        "expired node gets no map"
+    );
+
+    // Renewal brings it back.
+    sim.mesh
+        .set_key_expiry(b, sim.unix + 100, sim.now, sim.unix);
+    sim.settle();
+    assert_eq!(sim.peers_of(sa), vec!["b", "c"]);
+
+    // Natural expiry through tick.
+    sim.unix += 101;
+    assert!(sim.mesh.tick(sim.now, sim.unix).is_empty());
+    sim.settle();
+    assert_eq!(sim.peers_of(sa), vec!["c"]);
+
+    sim.mesh.remove_node(c, sim.now);
+    sim.settle();
+    assert!(sim.peers_of(sa).is_empty());
+    sim.check();
+}
+
+#[test]
+fn ephemeral_nodes_are_reported_after_timeout() {
+    let mut mesh = Mesh::new(cfg(), Policy::default(), vec![], T0);
+    let now = Instant::now();
+    let rec = NodeRecord {
+        id: NodeId(1),
+        public_key: keys::PrivateKey::from_bytes([1; 32]).public_key(),
+        name: "ci".into(),
+        hostname: "ci".into(),
+        ipv4: Ipv4Addr::new(100, 64, 0, 1),
+        ipv6: Ipv6Addr::LOCALHOST,
+        tags: vec![],
+        ephemeral: true,
+        auth_key_id: None,
+        created: T0,
+        key_expiry: T0 + 10_000,
+        last_seen: None,
+    };
+    mesh.insert_node(rec, now, T0);
+    let sid = mesh.open_stream(NodeId(1), now, T0).unwrap();
+    assert!(mesh.tick(now, T0 + 5000).is_empty(), "online nodes stay");
+    mesh.close_stream(sid, now, T0 + 10);
+    assert!(mesh.tick(now, T0 + 1000).is_empty());
+    assert_eq!(mesh.tick(now, T0 + 1810), vec![NodeId(1)]);
+}
+
+#[test]
+fn names_and_addresses_are_unique() {
+    let mut sim = Sim::new(Policy::default());
+    let a = sim.add("laptop", &[]);
+    let b = sim.add("Laptop", &[]);
+    let (ra, _) = sim
+        .mesh
+        .node_by_key(&keys::PrivateKey::from_bytes([1; 32]).public_key())
+        .unwrap();
+    assert_eq!(ra.id, a);
+    let names: Vec<_> = sim.mesh.list().map(|(r, ..)| r.name.clone()).collect();
+    assert_eq!(names, vec!["laptop", "laptop-2"]);
+    let v4: Vec<_> = sim.mesh.list().map(|(r, ..)| r.ipv4).collect();
+    assert_ne!(v4[0], v4[1]);
+    assert_eq!(sim.mesh.find("laptop-2"), Some(b));
+    assert_eq!(sim.mesh.find(&b.0.to_string()), Some(b));
+}
+
+#[test]
+fn random_operations_keep_every_client_in_step() {
+    // A small deterministic generator: no external RNG, same sequence every run.
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    let mut rnd = move |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let policies = [
+        Policy::default(),
+        Policy::parse(r#"{"acls": [{"src": ["tag:a"], "dst": ["tag:b"]}]}"#).unwrap(),
+        Policy::parse(r#"{"acls": [{"src": ["n3"], "dst": ["*"]}]}"#).unwrap(),
+    ];
+    let mut sim = Sim::new(Policy::default());
+    let mut ids = vec![];
+    for step in 0..400 {
+        match rnd(7) {
+            0 if ids.len() < 30 => {
+                let tag = ["tag:a", "tag:b", "tag:c"][rnd(3) as usize];
+                ids.push(sim.add(&format!("n{}", ids.len()), &[tag]));
+            }
+            1 if !ids.is_empty() => {
+                let id = ids[rnd(ids.len() as u64) as usize];
+                if sim.mesh.open_stream(id, sim.now, sim.unix).is_some() {
+                    // Re-register through connect() so the client is tracked.
+                    let sid = StreamId(sim.mesh.next_stream - 1);
+                    sim.clients.insert(sid, (id, None, false));
+                    sim.drain();
+                }
+            }
+            2 if !ids.is_empty() => {
+                let id = ids[rnd(ids.len() as u64) as usize];
+                let port = rnd(60000) as u16 + 1;
+                sim.mesh.set_endpoints(
+                    id,
+                    vec![SocketAddr::from((Ipv4Addr::new(192, 0, 2, 9), port))],
+                    sim.now,
+                );
+            }
+            3 => sim
+                .mesh
+                .set_policy(policies[rnd(3) as usize].clone(), sim.now),
+            4 => {
+                let open: Vec<_> = sim.mesh.streams.keys().copied().collect();
+                if !open.is_empty() {
+                    let sid = open[rnd(open.len() as u64) as usize];
+                    sim.mesh.close_stream(sid, sim.now, sim.unix);
+                    sim.clients.get_mut(&sid).unwrap().2 = true;
+                }
+            }
+            5 if ids.len() > 3 && rnd(4) == 0 => {
+                let i = rnd(ids.len() as u64) as usize;
+                let id = ids.remove(i);
+                sim.mesh.remove_node(id, sim.now);
+            }
+            _ => {}
+        }
+        sim.drain();
+        if step % 3 == 0 {
+            sim.settle();
+            sim.check();
+        }
+    }
+    sim.settle();
+    sim.check();
+}
