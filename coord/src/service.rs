@@ -210,9 +210,19 @@ impl Service {
             let Some(tx) = self.streams.get(&sid) else {
                 continue;
             };
-            if tx.try_send(line).is_err() {
-                stuck.push(sid);
-            } else if close {
+            match tx.try_send(line) {
+                // The client went away; its body's drop guard reports the close.
+                Err(tmpsc::error::TrySendError::Closed(_)) => {
+                    self.streams.remove(&sid);
+                    continue;
+                }
+                Err(tmpsc::error::TrySendError::Full(_)) => {
+                    stuck.push(sid);
+                    continue;
+                }
+                Ok(()) => {}
+            }
+            if close {
                 // Dropping the sender ends the response after the last line.
                 self.streams.remove(&sid);
             }
