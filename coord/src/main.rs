@@ -67,6 +67,9 @@ struct ServeArgs {
     /// How long changes are collected before they are sent to map streams (at most 50ms).
     #[arg(long, default_value = "20ms", value_parser = human_duration)]
     batch_window: Duration,
+    /// A map stream quiet this long gets a keepalive line (at most 30s).
+    #[arg(long, default_value = "25s", value_parser = human_duration)]
+    map_keepalive: Duration,
 }
 
 #[derive(Subcommand, Debug)]
@@ -306,6 +309,9 @@ fn serve(state_dir: PathBuf, a: ServeArgs) -> anyhow::Result<()> {
     if a.batch_window > Duration::from_millis(50) {
         bail!("--batch-window must be at most 50ms");
     }
+    if a.map_keepalive.is_zero() || a.map_keepalive > Duration::from_secs(30) {
+        bail!("--map-keepalive must be more than 0s and at most 30s");
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("COORD_LOG")
@@ -321,6 +327,7 @@ fn serve(state_dir: PathBuf, a: ServeArgs) -> anyhow::Result<()> {
         key_lifetime: a.key_lifetime,
         ephemeral_timeout: a.ephemeral_timeout,
         batch_window: a.batch_window,
+        map_keepalive: a.map_keepalive,
         ..ServeConfig::new(&state_dir, a.listen)
     };
     let rt = tokio::runtime::Runtime::new()?;

@@ -33,6 +33,8 @@ pub struct ServeConfig {
     pub key_lifetime: Duration,
     pub ephemeral_timeout: Duration,
     pub batch_window: Duration,
+    /// Keepalive interval of map streams (at most 30 s).
+    pub map_keepalive: Duration,
 }
 
 impl ServeConfig {
@@ -46,6 +48,7 @@ impl ServeConfig {
             key_lifetime: Duration::from_secs(180 * 86400),
             ephemeral_timeout: Duration::from_secs(30 * 60),
             batch_window: Duration::from_millis(20),
+            map_keepalive: Duration::from_secs(25),
         }
     }
 }
@@ -141,6 +144,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
             coord_key: key.public_key(),
             domain: cfg.domain.clone(),
         },
+        map_keepalive: cfg.map_keepalive,
     });
     let (shutdown, rx) = watch::channel(false);
     tokio::spawn(http::serve(listener, tls_config, api, rx.clone()));

@@ -289,7 +289,11 @@ impl Policy {
     pub fn parse(json: &str) -> Result<Self, PolicyError> {
         let de = &mut serde_json::Deserializer::from_str(json);
         let doc: PolicyDoc = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
+            // `?` is serde_path_to_error's "no field yet": the document as a whole.
+            let path = match e.path().to_string() {
+                p if p == "?" => ".".to_owned(),
+                p => p,
+            };
             let inner = e.into_inner();
             // serde_json appends " at line L column C"; keep it, it helps with big files.
             invalid(path, inner.to_string())
@@ -565,6 +569,7 @@ mod tests {
                 "edges[0].domains[0]",
             ),
             (r#"{"acls": "#, "acls"),
+            ("{", "."),
             ("not json", "."),
         ];
         for (json, path) in cases {
@@ -572,6 +577,13 @@ mod tests {
             assert_eq!(err.path, path, "{json}: {err}");
             assert!(!err.reason.is_empty());
         }
+    }
+
+    #[test]
+    fn the_example_policy_in_docs_parses() {
+        let p = Policy::parse(include_str!("../../docs/policy.example.json")).unwrap();
+        assert_eq!(p.doc().acls.len(), 3);
+        assert_eq!(p.doc().edges[0].domains, vec!["funnel.example.com"]);
     }
 
     #[test]

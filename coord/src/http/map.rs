@@ -1,13 +1,12 @@
 //! `GET /v1/map`: the long-lived netmap stream. The mesh thread pushes lines into a bounded
-//! channel; the body yields them, and a keepalive line when nothing was sent for
-//! [`KEEPALIVE`]. When the body is dropped (client gone, server closed it) the mesh thread is
-//! told, so the node goes offline.
+//! channel; the body yields them, and a keepalive line when nothing was sent for the configured
+//! interval (25 s by default, at most 30 s). When the body is dropped (client gone, server
+//! closed it) the mesh thread is told, so the node goes offline.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
@@ -21,9 +20,6 @@ use super::{Api, Body};
 use crate::error::ApiError;
 use crate::mesh::StreamId;
 use crate::service::{Command, Handle, STREAM_QUEUE};
-
-/// A keepalive line goes out when the stream was quiet this long.
-pub const KEEPALIVE: Duration = Duration::from_secs(25);
 
 const KEEPALIVE_LINE: &[u8] = b"{\"type\":\"keepalive\"}\n";
 
@@ -55,7 +51,8 @@ pub(super) async fn open(
     debug!(%peer, stream = stream.0, node = %key.short(), "map stream opened");
     let body = MapBody {
         rx,
-        keepalive: Box::pin(tokio::time::sleep(KEEPALIVE)),
+        keepalive: Box::pin(tokio::time::sleep(api.map_keepalive)),
+        every: api.map_keepalive,
         guard: CloseGuard {
             handle: api.handle.clone(),
             stream,
@@ -91,6 +88,7 @@ impl Drop for CloseGuard {
 struct MapBody {
     rx: mpsc::Receiver<Bytes>,
     keepalive: Pin<Box<Sleep>>,
+    every: std::time::Duration,
     #[allow(dead_code)] // held for its Drop
     guard: CloseGuard,
 }
@@ -105,14 +103,16 @@ impl hyper::body::Body for MapBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.rx.poll_recv(cx) {
             Poll::Ready(Some(line)) => {
-                self.keepalive.as_mut().reset(Instant::now() + KEEPALIVE);
+                let next = Instant::now() + self.every;
+                self.keepalive.as_mut().reset(next);
                 return Poll::Ready(Some(Ok(Frame::data(line))));
             }
             Poll::Ready(None) => return Poll::Ready(None),
             Poll::Pending => {}
         }
         if self.keepalive.as_mut().poll(cx).is_ready() {
-            self.keepalive.as_mut().reset(Instant::now() + KEEPALIVE);
+            let next = Instant::now() + self.every;
+            self.keepalive.as_mut().reset(next);
             return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(KEEPALIVE_LINE)))));
         }
         Poll::Pending

@@ -39,6 +39,8 @@ pub struct Api {
     pub handle: Handle,
     pub verifier: auth::Verifier,
     pub info: CoordInfo,
+    /// A map stream quiet this long gets a keepalive line.
+    pub map_keepalive: Duration,
 }
 
 /// Accepts TLS connections until `shutdown` turns true.
