@@ -330,6 +330,15 @@ fn serve(state_dir: PathBuf, a: ServeArgs) -> anyhow::Result<()> {
         map_keepalive: a.map_keepalive,
         ..ServeConfig::new(&state_dir, a.listen)
     };
+    // Every map stream is a socket: lift the soft open-file limit to the hard one.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) if n < 65_536 => tracing::warn!(
+            limit = n,
+            "open-file limit is low: at most about {n} nodes can hold map streams"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("raising the open-file limit: {e}"),
+    }
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let running = server::start(cfg).await?;

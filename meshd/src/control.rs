@@ -11,10 +11,10 @@
 //! * Errors are one line a user can act on. Neither the node's private key nor an auth key ever
 //!   appears in an error or a log line.
 
+#[cfg(test)]
+mod canned_server;
 mod conn;
 mod stream;
-#[cfg(test)]
-mod test_coord;
 #[cfg(test)]
 mod tests;
 mod trust;

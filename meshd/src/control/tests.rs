@@ -1,17 +1,24 @@
-//! Tests of the control client against [`super::test_coord`] (no coord needed): trust (pins, CA
-//! files), signing, error answers, connection reuse, the map stream.
-
-use std::sync::atomic::Ordering;
+//! Unit tests of the control client, and tests against [`super::canned_server`] for servers that
+//! misbehave in ways the real coord never does. The protocol itself (signing, registration,
+//! pins, connection reuse, the map stream) is tested against the real coord in
+//! `coord/tests/client.rs`.
 
 use keys::PrivateKey;
-use proto::auth;
 use proto::map::MapMessage;
 use rustls::pki_types::PrivateKeyDer;
 
-use super::test_coord::{
-    coord_with_self_signed, fingerprint_of, netmap, node, self_signed, TestCoord,
-};
+use super::canned_server::CannedServer;
 use super::*;
+
+/// A `/v1/info` answer, so that the client can sign (the server checks nothing).
+fn info_body() -> Vec<u8> {
+    let info = CoordInfo {
+        protocol_version: proto::PROTOCOL_VERSION,
+        coord_key: PrivateKey::generate().public_key(),
+        domain: "mesh.test".into(),
+    };
+    serde_json::to_vec(&info).unwrap()
+}
 
 #[test]
 fn fingerprint_forms() {
@@ -80,203 +87,8 @@ fn url_forms() {
     }
 }
 
-#[tokio::test]
-async fn wrong_pin_is_a_fingerprint_mismatch() {
-    let (coord, _) = coord_with_self_signed().await;
-    let (other, _, _) = self_signed(&["localhost"]);
-    let wrong = fingerprint_of(&other);
-    // Given in another accepted form; reported normalised.
-    let client = coord.client(Trust::Fingerprint(
-        wrong.to_uppercase().replace("SHA256:", ""),
-    ));
-    let err = client.info().await.unwrap_err();
-    match &err {
-        ControlError::FingerprintMismatch { expected, got } => {
-            assert_eq!(expected, &wrong);
-            assert_eq!(got, &coord.fingerprint);
-        }
-        other => panic!("expected a fingerprint mismatch, got {other:?}"),
-    }
-    assert!(err
-        .to_string()
-        .starts_with("coordinator certificate fingerprint mismatch: expected sha256:"));
-}
-
-#[tokio::test]
-async fn right_pin_signs_and_reuses_one_connection() {
-    let (coord, _) = coord_with_self_signed().await;
-    let client = coord.client(Trust::Fingerprint(coord.fingerprint.clone()));
-    // register fetches /v1/info itself for the coordinator's key.
-    let reg = client.register(Some("mfk_good"), "laptop").await.unwrap();
-    assert_eq!(reg.node.name, "laptop");
-    let info = client.info().await.unwrap();
-    assert_eq!(info.domain, "mesh.test");
-    client
-        .set_endpoints(vec!["192.0.2.1:41641".parse().unwrap()])
-        .await
-        .unwrap();
-    let err = client
-        .register(Some("mfk_expired"), "laptop")
-        .await
-        .unwrap_err();
-    match &err {
-        ControlError::Api {
-            status: 403,
-            code,
-            message,
-        } => assert_eq!(
-            (code.as_str(), message.as_str()),
-            ("auth_key_expired", "auth key expired")
-        ),
-        other => panic!("expected an API error, got {other:?}"),
-    }
-    assert!(!err.to_string().contains("mfk_expired"), "{err}");
-    assert_eq!(
-        coord.accepts.load(Ordering::SeqCst),
-        1,
-        "one connection carried all"
-    );
-
-    // Raw requests: unsigned ones are refused, signed ones (query included) pass.
-    let (status, body) = client
-        .raw_request("POST", "/v1/endpoints", Vec::new(), b"{}".to_vec(), false)
-        .await
-        .unwrap();
-    assert_eq!(status, 401, "{}", String::from_utf8_lossy(&body));
-    let (status, _) = client
-        .raw_request(
-            "POST",
-            "/v1/endpoints?x=1",
-            Vec::new(),
-            b"{}".to_vec(),
-            true,
-        )
-        .await
-        .unwrap();
-    assert_eq!(status, 200);
-    // A header given by the caller replaces the signed one.
-    let tamper = vec![(auth::HEADER_NONCE.to_owned(), "0".repeat(32))];
-    let (status, _) = client
-        .raw_request("POST", "/v1/endpoints", tamper, b"{}".to_vec(), true)
-        .await
-        .unwrap();
-    assert_eq!(status, 401);
-    let (status, body) = client
-        .raw_request("GET", "/nowhere", Vec::new(), Vec::new(), true)
-        .await
-        .unwrap();
-    assert_eq!((status, &body[..]), (404, &b"<html>nope</html>"[..]));
-}
-
-#[tokio::test]
-async fn ca_file_trust() {
-    let dir = tempfile::tempdir().unwrap();
-    let (coord, pem) = coord_with_self_signed().await;
-    // The self-signed leaf as its own CA file counts as a pin.
-    let leaf = dir.path().join("leaf.pem");
-    std::fs::write(&leaf, &pem).unwrap();
-    coord.client(Trust::CaFile(leaf)).info().await.unwrap();
-    // Someone else's certificate: an ordinary verification failure.
-    let other = dir.path().join("other.pem");
-    std::fs::write(&other, self_signed(&["localhost"]).2).unwrap();
-    let err = coord.client(Trust::CaFile(other)).info().await.unwrap_err();
-    assert!(matches!(err, ControlError::Tls { .. }), "{err}");
-    // Not a certificate at all: reported before any connection.
-    let garbage = dir.path().join("garbage.pem");
-    std::fs::write(&garbage, "hello").unwrap();
-    let err = ControlClient::new(
-        &coord.url(),
-        Trust::CaFile(garbage.clone()),
-        PrivateKey::generate(),
-    )
-    .unwrap_err();
-    assert!(matches!(err, ControlError::CaFile { .. }), "{err}");
-    assert!(
-        err.to_string().contains(&*garbage.to_string_lossy()),
-        "{err}"
-    );
-
-    // A real CA: webpki verification, names included.
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let ca_pem = ca_params.self_signed(&ca_key).unwrap().pem();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf_cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
-        .unwrap()
-        .signed_by(&leaf_key, &issuer)
-        .unwrap();
-    let key = PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
-    let coord = TestCoord::start(vec![leaf_cert.der().clone()], key).await;
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, ca_pem).unwrap();
-    let url = format!("https://localhost:{}", coord.addr.port());
-    let client = ControlClient::new(&url, Trust::CaFile(ca.clone()), PrivateKey::generate());
-    client.unwrap().info().await.unwrap();
-    // The leaf does not name 127.0.0.1.
-    let err = coord.client(Trust::CaFile(ca)).info().await.unwrap_err();
-    assert!(matches!(err, ControlError::Tls { .. }), "{err}");
-}
-
-#[tokio::test]
-async fn map_stream_reads_lines() {
-    let (coord, _) = coord_with_self_signed().await;
-    let client = coord.client(Trust::Fingerprint(coord.fingerprint.clone()));
-    let full = MapMessage::Full {
-        seq: 1,
-        netmap: netmap(node(PrivateKey::generate().public_key(), "a")),
-    };
-    let revoked = MapMessage::Revoked {
-        reason: "removed".into(),
-    };
-    let mut body = serde_json::to_vec(&full).unwrap();
-    body.extend_from_slice(b"\n{\"type\":\"keepalive\"}\r\n\n");
-    body.extend_from_slice(&serde_json::to_vec(&revoked).unwrap());
-    body.push(b'\n');
-    *coord.map_body.lock().unwrap() = body;
-    let mut stream = client.map_stream().await.unwrap();
-    assert_eq!(stream.next().await.unwrap(), Some(full));
-    assert_eq!(stream.next().await.unwrap(), Some(MapMessage::Keepalive));
-    assert_eq!(stream.next().await.unwrap(), Some(revoked));
-    assert_eq!(stream.next().await.unwrap(), None);
-
-    *coord.map_body.lock().unwrap() =
-        b"{\"type\":\"keepalive\"}\n{\"type\":\"nonsense\"}\n".to_vec();
-    let mut stream = client.map_stream().await.unwrap();
-    assert_eq!(stream.next().await.unwrap(), Some(MapMessage::Keepalive));
-    let err = stream.next().await.unwrap_err();
-    assert!(matches!(err, ControlError::Protocol { .. }), "{err}");
-    assert_eq!(
-        stream.next().await.unwrap(),
-        None,
-        "an error ends the stream"
-    );
-
-    *coord.map_body.lock().unwrap() = b"{\"type\":\"keep".to_vec();
-    let err = client.map_stream().await.unwrap().next().await.unwrap_err();
-    assert!(err.to_string().contains("middle of a line"), "{err}");
-}
-
-#[tokio::test]
-async fn unreachable_coordinator_names_the_address() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    let url = format!("https://{addr}");
-    let client = ControlClient::new(
-        &url,
-        Trust::Fingerprint("ab".repeat(32)),
-        PrivateKey::generate(),
-    )
-    .unwrap();
-    let err = client.info().await.unwrap_err();
-    assert!(matches!(err, ControlError::Connect { .. }), "{err}");
-    assert!(err.to_string().contains(&addr.to_string()), "{err}");
-}
-
 #[test]
-fn error_answers_that_are_not_json() {
+fn error_bodies_become_one_line() {
     let err = api_error(502, b"<html>\n<h1>Bad Gateway</h1>\n</html>");
     assert_eq!(
         err.to_string(),
@@ -288,4 +100,221 @@ fn error_answers_that_are_not_json() {
             .contains("HTTP status 503 without an error body"),
         "{err}"
     );
+    // An error body with control characters and a very long message.
+    let long = format!("line one\n\x1b[31m{}", "x".repeat(1000));
+    let body = serde_json::json!({"error": {"code": "odd\ncode", "message": long}});
+    match api_error(400, &serde_json::to_vec(&body).unwrap()) {
+        ControlError::Api {
+            status,
+            code,
+            message,
+        } => {
+            assert_eq!((status, code.as_str()), (400, "odd code"));
+            assert!(message.starts_with("line one  [31mxxx"), "{message}");
+            assert!(message.ends_with('…'), "{message}");
+            assert_eq!(message.chars().count(), 301);
+        }
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn answers_that_are_not_json() {
+    let server = CannedServer::self_signed().await;
+    server.serve("/v1/info", 200, info_body());
+    server.serve(
+        "/v1/register",
+        502,
+        &b"<html>\n<h1>Bad Gateway</h1>\n</html>"[..],
+    );
+    server.serve("/v1/map", 503, Bytes::new());
+    server.serve("/v1/endpoints", 200, &b"OK"[..]);
+    let client = server.pinned_client();
+
+    let err = client.register(Some("mfk_secret"), "n").await.unwrap_err();
+    match &err {
+        ControlError::Api {
+            status: 502,
+            code,
+            message,
+        } => assert_eq!(
+            (code.as_str(), message.as_str()),
+            ("unexpected_answer", "<html> <h1>Bad Gateway</h1> </html>")
+        ),
+        other => panic!("expected an API error, got {other:?}"),
+    }
+    assert!(!err.to_string().contains("mfk_secret"), "{err}");
+    let err = client.map_stream().await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("HTTP status 503 without an error body"),
+        "{err}"
+    );
+    // A 2xx answer that is not the JSON expected.
+    let err = client.set_endpoints(Vec::new()).await.unwrap_err();
+    match &err {
+        ControlError::Protocol { what, reason } => {
+            assert_eq!(what, "POST /v1/endpoints");
+            assert!(reason.starts_with("invalid JSON"), "{reason}");
+        }
+        other => panic!("expected a protocol error, got {other:?}"),
+    }
+    // raw_request hands back whatever came.
+    let (status, body) = client
+        .raw_request("GET", "/v1/register", Vec::new(), Vec::new(), false)
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, &body[..]),
+        (502, &b"<html>\n<h1>Bad Gateway</h1>\n</html>"[..])
+    );
+}
+
+#[tokio::test]
+async fn map_stream_tolerates_crlf_and_blank_lines() {
+    let server = CannedServer::self_signed().await;
+    server.serve("/v1/info", 200, info_body());
+    let revoked = MapMessage::Revoked {
+        reason: "removed".into(),
+    };
+    let mut body = b"\n{\"type\":\"keepalive\"}\r\n\r\n  \n".to_vec();
+    body.extend_from_slice(&serde_json::to_vec(&revoked).unwrap());
+    body.extend_from_slice(b"\r\n\n");
+    server.serve("/v1/map", 200, body);
+    let mut stream = server.pinned_client().map_stream().await.unwrap();
+    assert_eq!(stream.next().await.unwrap(), Some(MapMessage::Keepalive));
+    assert_eq!(stream.next().await.unwrap(), Some(revoked));
+    assert_eq!(stream.next().await.unwrap(), None);
+    assert_eq!(stream.next().await.unwrap(), None, "the end is final");
+}
+
+#[tokio::test]
+async fn a_bad_map_line_ends_the_stream() {
+    let server = CannedServer::self_signed().await;
+    server.serve("/v1/info", 200, info_body());
+    let client = server.pinned_client();
+    for bad in [
+        &b"{\"type\":\"nonsense\"}"[..],
+        b"not json",
+        b"{\"type\":\"keepalive\",\"extra\":[}",
+        b"[1,2,3]",
+    ] {
+        let mut body = b"{\"type\":\"keepalive\"}\n".to_vec();
+        body.extend_from_slice(bad);
+        body.extend_from_slice(b"\n{\"type\":\"keepalive\"}\n");
+        server.serve("/v1/map", 200, body);
+        let mut stream = client.map_stream().await.unwrap();
+        assert_eq!(stream.next().await.unwrap(), Some(MapMessage::Keepalive));
+        let err = stream.next().await.unwrap_err();
+        match &err {
+            ControlError::Protocol { what, reason } => {
+                assert_eq!(what, "GET /v1/map");
+                assert!(reason.starts_with("invalid map message"), "{reason}");
+            }
+            other => panic!("expected a protocol error, got {other:?}"),
+        }
+        assert_eq!(
+            stream.next().await.unwrap(),
+            None,
+            "an error ends the stream, even with good lines after it"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_map_stream_cut_mid_line_is_an_error() {
+    let server = CannedServer::self_signed().await;
+    server.serve("/v1/info", 200, info_body());
+    server.serve(
+        "/v1/map",
+        200,
+        &b"{\"type\":\"keepalive\"}\n{\"type\":\"keep"[..],
+    );
+    let mut stream = server.pinned_client().map_stream().await.unwrap();
+    assert_eq!(stream.next().await.unwrap(), Some(MapMessage::Keepalive));
+    let err = stream.next().await.unwrap_err();
+    assert!(matches!(err, ControlError::Protocol { .. }), "{err}");
+    assert!(err.to_string().contains("middle of a line"), "{err}");
+    assert_eq!(stream.next().await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn ca_file_checks_the_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca_pem = ca_params.self_signed(&ca_key).unwrap().pem();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf_cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let key = PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
+    let server = CannedServer::start(vec![leaf_cert.der().clone()], key).await;
+    server.serve("/v1/info", 200, info_body());
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, ca_pem).unwrap();
+
+    // By the name the leaf carries: webpki verification passes.
+    let url = format!("https://localhost:{}", server.addr.port());
+    let client = ControlClient::new(&url, Trust::CaFile(ca.clone()), PrivateKey::generate());
+    client.unwrap().info().await.unwrap();
+    // The leaf does not name 127.0.0.1.
+    let err = server.client(Trust::CaFile(ca)).info().await.unwrap_err();
+    assert!(matches!(err, ControlError::Tls { .. }), "{err}");
+}
+
+#[test]
+fn unusable_ca_files_are_refused_before_connecting() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "hello").unwrap();
+    let missing = dir.path().join("missing.pem");
+    let broken = dir.path().join("broken.pem");
+    std::fs::write(
+        &broken,
+        "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    for path in [garbage, missing, broken] {
+        let err = ControlClient::new(
+            "https://127.0.0.1:1",
+            Trust::CaFile(path.clone()),
+            PrivateKey::generate(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, ControlError::CaFile { .. }), "{err}");
+        assert!(err.to_string().contains(&*path.to_string_lossy()), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn raw_request_refuses_what_it_cannot_send() {
+    // Nothing listens on port 1: each of these is refused before any connection.
+    let client = ControlClient::new(
+        "https://127.0.0.1:1",
+        Trust::Fingerprint("ab".repeat(32)),
+        PrivateKey::generate(),
+    )
+    .unwrap();
+    let header = |n: &str, v: &str| vec![(n.to_owned(), v.to_owned())];
+    for (method, path, headers) in [
+        ("GE T", "/v1/info", Vec::new()),
+        ("GET", "v1/info", Vec::new()),
+        ("GET", "/a b", Vec::new()),
+        ("GET", "http://elsewhere/v1/info", Vec::new()),
+        ("GET", "/v1/info", header("bad name", "1")),
+        ("GET", "/v1/info", header("x-test", "a\nb")),
+    ] {
+        let err = client
+            .raw_request(method, path, headers, Vec::new(), false)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ControlError::InvalidRequest { .. }),
+            "{method} {path}: {err}"
+        );
+    }
 }
