@@ -5,5 +5,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
+# The system tools the tests use (wg, ...): installed when missing (.ci/run has done it already).
+[ -n "${MESHFUNNEL_DEPS_DONE:-}" ] || bash scripts/test-deps.sh
+
 cargo test --workspace --all-targets "$@"
 cargo test --workspace --doc "$@"

@@ -92,6 +92,8 @@ pub struct Mesh {
     used_v4: BTreeSet<u32>,
     policy: Policy,
     streams: BTreeMap<StreamId, NodeId>,
+    /// Nodes with at least one open stream (kept in step with `Entry::streams`).
+    online: usize,
     next_stream: u64,
     seq: u64,
     pending: Pending,
@@ -115,6 +117,7 @@ impl Mesh {
             used_v4: BTreeSet::new(),
             policy,
             streams: BTreeMap::new(),
+            online: 0,
             next_stream: 1,
             seq: 0,
             pending: Pending::default(),
@@ -200,7 +203,7 @@ impl Mesh {
     }
 
     pub fn online_count(&self) -> usize {
-        self.nodes.values().filter(|e| e.streams > 0).count()
+        self.online
     }
 
     pub fn stream_count(&self) -> usize {
@@ -302,6 +305,9 @@ impl Mesh {
     pub fn remove_node(&mut self, id: NodeId, now: Instant) {
         self.expire(id, "node was removed from the mesh");
         if let Some(e) = self.nodes.remove(&id) {
+            if e.streams > 0 {
+                self.online = self.online.saturating_sub(1);
+            }
             self.by_key.remove(&e.rec.public_key);
             self.names.remove(&e.rec.name);
             self.used_v4.remove(&u32::from(e.rec.ipv4));
@@ -338,6 +344,7 @@ impl Mesh {
         e.streams += 1;
         e.last_seen = Some(now_unix);
         if e.streams == 1 {
+            self.online += 1;
             e.view.online = true;
             self.pending.patched.insert(id);
             self.touch(now);
@@ -362,6 +369,9 @@ impl Mesh {
         if let Some(e) = self.nodes.get_mut(&id) {
             e.streams = e.streams.saturating_sub(1);
             e.last_seen = Some(now_unix);
+            if e.streams == 0 {
+                self.online = self.online.saturating_sub(1);
+            }
             if e.streams == 0 && !e.expired {
                 e.view.online = false;
                 self.pending.patched.insert(id);

@@ -112,8 +112,11 @@ impl Sim {
         self.drain()
     }
 
-    /// Every open client's netmap equals the core's view of its node.
+    /// Every open client's netmap equals the core's view of its node, and the online count
+    /// matches the nodes that hold streams.
     fn check(&self) {
+        let online: std::collections::BTreeSet<_> = self.mesh.streams.values().collect();
+        assert_eq!(self.mesh.online_count(), online.len());
         for (sid, (id, map, closed)) in &self.clients {
             if *closed {
                 continue;
