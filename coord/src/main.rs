@@ -332,11 +332,11 @@ fn serve(state_dir: PathBuf, a: ServeArgs) -> anyhow::Result<()> {
     };
     // Every map stream is a socket: lift the soft open-file limit to the hard one.
     match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(n) if n < 65_536 => tracing::warn!(
+        Ok(n) if n < 4096 => tracing::warn!(
             limit = n,
             "open-file limit is low: at most about {n} nodes can hold map streams"
         ),
-        Ok(_) => {}
+        Ok(n) => tracing::info!(limit = n, "open-file limit"),
         Err(e) => tracing::warn!("raising the open-file limit: {e}"),
     }
     let rt = tokio::runtime::Runtime::new()?;

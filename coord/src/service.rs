@@ -359,8 +359,7 @@ impl Service {
     fn response(&self, id: NodeId, created: bool) -> RegisterResponse {
         let node = self
             .mesh
-            .netmap_for(id)
-            .map(|m| m.self_node)
+            .self_entry(id)
             .expect("node exists: it was just looked up or inserted");
         RegisterResponse { node, created }
     }

@@ -115,12 +115,9 @@ impl Mesh {
     fn render(&self, key: &DeltaKey, seq: u64) -> Bytes {
         let view = |id: &NodeId| self.nodes.get(id).map(|e| e.view.clone());
         let delta = NetmapDelta {
-            self_node: key.self_node.and_then(|id| {
-                let mut me = view(&id)?;
-                me.endpoints = vec![];
-                me.online = true;
-                Some(me)
-            }),
+            self_node: key
+                .self_node
+                .and_then(|id| Some(super::self_view(&self.nodes.get(&id)?.view))),
             peers_upserted: key.upserted.iter().filter_map(view).collect(),
             peers_patched: key
                 .patched

@@ -8,6 +8,7 @@
 
 pub mod alloc;
 mod fanout;
+mod full;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::{Ipv6Addr, SocketAddr};
@@ -57,6 +58,8 @@ struct Entry {
     /// Unix seconds the node was last connected (in memory; the driver persists it).
     last_seen: Option<u64>,
     expired: bool,
+    /// `view` serialized, as full maps embed it; `None` after `view` changed.
+    json: Option<Box<serde_json::value::RawValue>>,
 }
 
 /// Changes not yet sent.
@@ -99,6 +102,15 @@ pub struct Mesh {
     pending: Pending,
     out: VecDeque<Output>,
     counters: Counters,
+}
+
+/// A node's `self` entry: its own soft state is what it reported itself and is not echoed back,
+/// so `self` changes only when identity or expiry do.
+fn self_view(view: &Node) -> Node {
+    let mut me = view.clone();
+    me.endpoints = vec![];
+    me.online = true;
+    me
 }
 
 fn line(msg: &MapMessage) -> Bytes {
@@ -156,6 +168,7 @@ impl Mesh {
                 streams: 0,
                 last_seen,
                 expired,
+                json: None,
             },
         );
     }
@@ -256,6 +269,7 @@ impl Mesh {
         };
         e.rec.key_expiry = expiry;
         e.view.key_expiry = expiry;
+        e.json = None;
         let was_expired = e.expired;
         e.expired = expiry <= now_unix;
         match (was_expired, e.expired) {
@@ -322,6 +336,7 @@ impl Mesh {
         };
         if e.view.endpoints != endpoints {
             e.view.endpoints = endpoints;
+            e.json = None;
             self.pending.patched.insert(id);
             self.touch(now);
         }
@@ -346,19 +361,17 @@ impl Mesh {
         if e.streams == 1 {
             self.online += 1;
             e.view.online = true;
+            e.json = None;
             self.pending.patched.insert(id);
             self.touch(now);
         }
         let sid = StreamId(self.next_stream);
         self.next_stream += 1;
         self.streams.insert(sid, id);
-        let full = MapMessage::Full {
-            seq: self.seq,
-            netmap: self.netmap_for(id)?,
-        };
+        let full = self.full_line(id)?;
         self.out.push_back(Output::Send {
             stream: sid,
-            line: line(&full),
+            line: full,
         });
         Some(sid)
     }
@@ -374,6 +387,7 @@ impl Mesh {
             }
             if e.streams == 0 && !e.expired {
                 e.view.online = false;
+                e.json = None;
                 self.pending.patched.insert(id);
                 self.touch(now);
             }
@@ -381,14 +395,14 @@ impl Mesh {
         Some(id)
     }
 
+    /// Node `id`'s own entry, as its netmap's `self` shows it.
+    pub fn self_entry(&self, id: NodeId) -> Option<Node> {
+        Some(self_view(&self.nodes.get(&id)?.view))
+    }
+
     /// The netmap node `id` sees now.
     pub fn netmap_for(&self, id: NodeId) -> Option<Netmap> {
         let me = &self.nodes.get(&id)?.view;
-        // A node's own soft state is what it reported itself; it is not echoed back, so `self`
-        // changes only when identity or expiry do.
-        let mut self_node = me.clone();
-        self_node.endpoints = vec![];
-        self_node.online = true;
         let peers = self
             .nodes
             .values()
@@ -396,15 +410,19 @@ impl Mesh {
             .map(|e| e.view.clone())
             .collect();
         Some(Netmap {
-            self_node,
+            self_node: self_view(me),
             peers,
-            dns: DnsConfig {
-                domain: self.cfg.domain.clone(),
-                magic_dns: true,
-            },
+            dns: self.dns(),
             packet_filter: self.policy.filter_for(me),
             funnel_routes: vec![],
         })
+    }
+
+    fn dns(&self) -> DnsConfig {
+        DnsConfig {
+            domain: self.cfg.domain.clone(),
+            magic_dns: true,
+        }
     }
 
     /// Periodic work at `now_unix`: key expiry. Returns ephemeral nodes that have been offline

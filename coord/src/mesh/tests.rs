@@ -398,3 +398,32 @@ fn random_operations_keep_every_client_in_step() {
     sim.settle();
     sim.check();
 }
+
+#[test]
+fn full_lines_from_cached_entries_equal_the_serde_netmap() {
+    let mut sim =
+        Sim::new(Policy::parse(r#"{"acls": [{"src": ["tag:a"], "dst": ["*"]}]}"#).unwrap());
+    let a = sim.add("a", &["tag:a"]);
+    let b = sim.add("b", &[]);
+    let c = sim.add("c", &["tag:a"]);
+    sim.settle();
+    sim.connect(b);
+    sim.mesh
+        .set_endpoints(c, vec!["192.0.2.3:3".parse().unwrap()], sim.now);
+    sim.settle();
+    for id in [a, b, c] {
+        let want = line(&MapMessage::Full {
+            seq: sim.mesh.seq,
+            netmap: sim.mesh.netmap_for(id).unwrap(),
+        });
+        assert_eq!(sim.mesh.full_line(id).unwrap(), want, "node {id}");
+    }
+    // After a change the cached entry is rebuilt.
+    sim.mesh
+        .set_endpoints(c, vec!["192.0.2.4:4".parse().unwrap()], sim.now);
+    let want = line(&MapMessage::Full {
+        seq: sim.mesh.seq,
+        netmap: sim.mesh.netmap_for(b).unwrap(),
+    });
+    assert_eq!(sim.mesh.full_line(b).unwrap(), want);
+}

@@ -100,6 +100,9 @@ fn protocol(reason: impl ToString) -> ControlError {
 }
 
 /// Splits a byte stream into `\n`-terminated lines of at most `max` bytes.
+/// An emptied buffer larger than this is replaced by a new one.
+const SHRINK_ABOVE: usize = 64 * 1024;
+
 #[derive(Debug)]
 pub(super) struct LineBuffer {
     buf: BytesMut,
@@ -149,7 +152,17 @@ impl LineBuffer {
         if line.len() > self.max {
             return Err(LineError::TooLong(self.max));
         }
+        // A full map can be megabytes; an emptied buffer would keep that allocation for the
+        // stream's whole life (thousands of streams in one process add up). Start afresh.
+        if self.buf.is_empty() && self.buf.capacity() > SHRINK_ABOVE {
+            self.buf = BytesMut::new();
+        }
         Ok(Some(line.freeze()))
+    }
+
+    #[cfg(test)]
+    pub(super) fn capacity(&self) -> usize {
+        self.buf.capacity()
     }
 
     /// Checks that the stream did not end in the middle of a line.
@@ -195,5 +208,22 @@ mod tests {
         let mut lines = LineBuffer::new(4);
         lines.push(b"abcde\n");
         assert_eq!(lines.next_line(), Err(LineError::TooLong(4)));
+    }
+
+    #[test]
+    fn a_big_line_does_not_pin_its_buffer() {
+        let mut lines = LineBuffer::new(8 << 20);
+        let big = vec![b'x'; 2 << 20];
+        lines.push(&big);
+        lines.push(b"\n");
+        let line = lines.next_line().unwrap().unwrap();
+        assert_eq!(line.len(), 2 << 20);
+        assert!(
+            lines.capacity() <= SHRINK_ABOVE,
+            "kept {} bytes",
+            lines.capacity()
+        );
+        lines.push(b"small\n");
+        assert_eq!(lines.next_line().unwrap().as_deref(), Some(&b"small"[..]));
     }
 }
