@@ -1,3 +1,10 @@
-//! meshd, the node daemon. So far: [`control`], the client side of the control protocol.
+//! meshd, the node daemon: [`control`] talks to the coordinator; [`wg`] is the WireGuard peer
+//! set over boringtun, with [`packet`] parsing, [`routes`] (allowed IPs) and the stateful
+//! [`filter`]; [`daemon`] runs it all (`meshd up`) over a TUN device and a UDP socket.
 
 pub mod control;
+pub mod daemon;
+pub mod filter;
+pub mod packet;
+pub mod routes;
+pub mod wg;

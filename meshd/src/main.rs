@@ -1,6 +1,195 @@
-//! meshd: the meshfunnel node daemon. The data-plane issue brings `meshd up`; until then the
-//! binary only says so.
+//! `meshd`: the meshfunnel node daemon.
 
-fn main() -> anyhow::Result<()> {
-    anyhow::bail!("meshd is not built yet: the coordinator (coord) is the first part to ship")
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use meshd::daemon::api;
+
+#[derive(Parser, Debug)]
+#[command(name = "meshd", version, about = "meshfunnel node daemon")]
+struct Cli {
+    /// State directory: node key, identity, last netmap.
+    #[arg(
+        long,
+        global = true,
+        env = "MESHD_STATE_DIR",
+        default_value = "/var/lib/meshfunnel/meshd"
+    )]
+    state_dir: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Join the mesh and carry traffic (foreground; Ctrl+C stops).
+    Up {
+        /// The coordinator's URL (https://HOST:PORT); remembered after the first run.
+        #[arg(long, env = "MESHD_COORD")]
+        coord: Option<String>,
+        /// Auth key (first run, or to renew an expired node).
+        #[arg(long, env = "MESHD_AUTHKEY")]
+        authkey: Option<String>,
+        /// Name to ask for (default: this machine's hostname).
+        #[arg(long)]
+        hostname: Option<String>,
+        /// Pin the coordinator's certificate (`sha256:…` as `coord serve` prints it).
+        #[arg(long)]
+        coord_fingerprint: Option<String>,
+        /// Trust the coordinator's certificate through this CA (or certificate) PEM file.
+        #[arg(long)]
+        coord_ca: Option<PathBuf>,
+        /// UDP port for WireGuard (0: any free port).
+        #[arg(long, default_value_t = 41641)]
+        listen_port: u16,
+        /// Name of the TUN device.
+        #[arg(long, default_value = "mesh0")]
+        tun: String,
+        /// Run without root and without a TUN device (userspace network stack).
+        #[arg(long)]
+        userspace: bool,
+    },
+    /// Show this node and its peers.
+    Status {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print this node's mesh addresses.
+    Ip,
+    /// Stop the running meshd (its TUN device, addresses and routes go with it).
+    Down,
+    /// Forget this node's identity (key, registration, netmap).
+    Logout,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MESHD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("meshd: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Cmd::Up {
+            coord,
+            authkey,
+            hostname,
+            coord_fingerprint,
+            coord_ca,
+            listen_port,
+            tun,
+            userspace,
+        } => {
+            let cfg = meshd::daemon::UpConfig {
+                coord,
+                authkey,
+                hostname,
+                state_dir: cli.state_dir,
+                coord_fingerprint,
+                coord_ca,
+                listen_port,
+                tun_name: tun,
+                userspace,
+            };
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(meshd::daemon::up(cfg))
+        }
+        Cmd::Status { json } => {
+            let status = status(&cli.state_dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print_status(&status);
+            }
+            Ok(())
+        }
+        Cmd::Ip => {
+            for a in status(&cli.state_dir)?.addresses {
+                println!("{a}");
+            }
+            Ok(())
+        }
+        Cmd::Down => match api::request(&cli.state_dir, &api::Request::Down)? {
+            api::Response::Done { message } => {
+                println!("{message}");
+                Ok(())
+            }
+            other => anyhow::bail!("unexpected answer: {other:?}"),
+        },
+        Cmd::Logout => {
+            meshd::daemon::state::StateDir::open(&cli.state_dir)?.wipe()?;
+            println!("identity removed from {}", cli.state_dir.display());
+            Ok(())
+        }
+    }
+}
+
+fn status(state_dir: &std::path::Path) -> anyhow::Result<api::Status> {
+    match api::request(state_dir, &api::Request::Status)? {
+        api::Response::Status(s) => Ok(*s),
+        api::Response::Error { message } => anyhow::bail!("{message}"),
+        other => anyhow::bail!("unexpected answer: {other:?}"),
+    }
+}
+
+fn print_status(s: &api::Status) {
+    let addrs: Vec<String> = s.addresses.iter().map(ToString::to_string).collect();
+    println!(
+        "{} ({})  coordinator: {}",
+        s.fqdn,
+        addrs.join(", "),
+        if s.coord_connected {
+            "connected"
+        } else {
+            "unreachable"
+        }
+    );
+    println!(
+        "{:<20} {:<15} {:<22} {:>10} {:>12} {:>12}  STATE",
+        "PEER", "IPV4", "ENDPOINT", "HANDSHAKE", "RX", "TX"
+    );
+    for p in &s.peers {
+        let v4 = p
+            .addresses
+            .first()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let ep = p
+            .endpoint
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| "-".into());
+        let hs = p
+            .last_handshake_secs
+            .map(|t| format!("{t}s ago"))
+            .unwrap_or_else(|| "never".into());
+        println!(
+            "{:<20} {:<15} {:<22} {:>10} {:>12} {:>12}  {}",
+            p.name,
+            v4,
+            ep,
+            hs,
+            p.rx_bytes,
+            p.tx_bytes,
+            if p.online { "online" } else { "offline" }
+        );
+    }
+    let d = &s.drops;
+    println!(
+        "dropped: {} invalid, {} unknown peer, {} spoofed source, {} filtered, {} no route, {} no endpoint",
+        d.invalid_datagram, d.unknown_peer, d.spoofed_source, d.filtered, d.no_route, d.no_endpoint
+    );
 }

@@ -1,0 +1,155 @@
+//! The control side of a running node: holds the map stream open, applies deltas, saves every
+//! netmap, publishes it to the data plane, reports our endpoints, and reconnects with backoff
+//! (1 s doubling to 30 s, with jitter) when the coordinator goes away. The data plane keeps
+//! running on the last netmap meanwhile.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::map::{apply, MapMessage, Netmap};
+use rand::Rng as _;
+use tokio::sync::watch;
+use tracing::{debug, error, info, warn};
+
+use super::state::StateDir;
+use crate::control::{ControlClient, ControlError};
+
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// What the control loop tells the rest of the daemon.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ControlState {
+    /// Running on this netmap (from the stream, or from disk while coord is unreachable).
+    Netmap(Box<Netmap>),
+    /// Coord says this node may no longer use the mesh.
+    Revoked(String),
+}
+
+#[derive(Debug)]
+pub struct ControlLoop {
+    pub client: Arc<ControlClient>,
+    pub state: StateDir,
+    pub tx: watch::Sender<Option<ControlState>>,
+    /// Whether the map stream is up.
+    pub connected: watch::Sender<bool>,
+    pub listen_port: u16,
+}
+
+impl ControlLoop {
+    pub async fn run(self) {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            match self.stream_once().await {
+                Ok(Some(reason)) => {
+                    error!("coordinator revoked this node: {reason}");
+                    let _ = self.tx.send(Some(ControlState::Revoked(reason)));
+                    return;
+                }
+                Ok(None) => backoff = BACKOFF_MIN,
+                Err(ControlError::Api {
+                    status: 403,
+                    message,
+                    ..
+                }) => {
+                    error!("coordinator refuses this node: {message}");
+                    let _ = self.tx.send(Some(ControlState::Revoked(message)));
+                    return;
+                }
+                Err(e) => warn!("control stream: {e}"),
+            }
+            let jitter = rand::thread_rng().gen_range(0..=backoff.as_millis() as u64 / 4);
+            let wait = backoff + Duration::from_millis(jitter);
+            info!(
+                "reconnecting to the coordinator in {:.1}s",
+                wait.as_secs_f32()
+            );
+            tokio::time::sleep(wait).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// One map stream, until it ends. `Ok(Some(reason))` when the node was revoked.
+    async fn stream_once(&self) -> Result<Option<String>, ControlError> {
+        let mut stream = self.client.map_stream().await?;
+        info!("connected to the coordinator");
+        self.connected.send_replace(true);
+        let _up = Connected(&self.connected);
+        if let Err(e) = self
+            .client
+            .set_endpoints(local_endpoints(self.listen_port))
+            .await
+        {
+            warn!("reporting endpoints: {e}");
+        }
+        let mut current: Option<Netmap> = None;
+        loop {
+            let msg = match stream.next().await? {
+                Some(m) => m,
+                None => return Ok(None),
+            };
+            match msg {
+                MapMessage::Full { netmap, .. } => {
+                    current = Some(netmap);
+                }
+                MapMessage::Delta { delta, .. } => {
+                    let Some(map) = current.as_mut() else {
+                        warn!("delta before the full map; reconnecting");
+                        return Ok(None);
+                    };
+                    if let Err(e) = apply(map, &delta) {
+                        warn!("netmap out of step ({e}); reconnecting");
+                        return Ok(None);
+                    }
+                }
+                MapMessage::Keepalive => continue,
+                MapMessage::Revoked { reason } => return Ok(Some(reason)),
+            }
+            if let Some(map) = &current {
+                debug!(peers = map.peers.len(), "netmap");
+                if let Err(e) = self.state.save_netmap(map) {
+                    warn!("saving the netmap: {e:#}");
+                }
+                let _ = self
+                    .tx
+                    .send(Some(ControlState::Netmap(Box::new(map.clone()))));
+            }
+        }
+    }
+}
+
+/// Marks the stream down when dropped, however `stream_once` ends.
+struct Connected<'a>(&'a watch::Sender<bool>);
+
+impl Drop for Connected<'_> {
+    fn drop(&mut self) {
+        self.0.send_replace(false);
+    }
+}
+
+/// The UDP endpoints peers may reach us on: every non-loopback, non-link-local, non-mesh address
+/// of this host with our port.
+pub fn local_endpoints(port: u16) -> Vec<SocketAddr> {
+    let Ok(ifaces) = if_addrs::get_if_addrs() else {
+        return vec![];
+    };
+    let mut out: Vec<SocketAddr> = ifaces
+        .iter()
+        .map(|i| i.ip())
+        .filter(|ip| match ip {
+            IpAddr::V4(v4) => {
+                let o = v4.octets();
+                let mesh = o[0] == 100 && (64..128).contains(&o[1]);
+                !(v4.is_loopback() || v4.is_link_local() || v4.is_unspecified() || mesh)
+            }
+            // The data plane's socket is IPv4 for now.
+            IpAddr::V6(_) => false,
+        })
+        .map(|ip| SocketAddr::new(ip, port))
+        .collect();
+    out.sort();
+    out.dedup();
+    out.truncate(proto::node::MAX_ENDPOINTS);
+    out
+}

@@ -1,0 +1,182 @@
+//! `meshd up`: join the mesh and carry traffic. Loads or creates the identity, registers (or
+//! falls back to the saved netmap when the coordinator is unreachable), creates the TUN device,
+//! then runs the control loop and the data plane until SIGINT/SIGTERM. Closing the TUN device
+//! removes it with its addresses and routes.
+
+pub mod api;
+pub mod control_loop;
+pub mod dataplane;
+pub mod state;
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _};
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::control::{ControlClient, ControlError, Trust};
+use crate::filter::{FilterLimits, PacketFilter};
+use crate::wg::Peers;
+use control_loop::{ControlLoop, ControlState};
+use state::{Identity, StateDir};
+
+/// Everything `meshd up` can be told.
+#[derive(Debug, Clone)]
+pub struct UpConfig {
+    pub coord: Option<String>,
+    pub authkey: Option<String>,
+    pub hostname: Option<String>,
+    pub state_dir: PathBuf,
+    pub coord_fingerprint: Option<String>,
+    pub coord_ca: Option<PathBuf>,
+    pub listen_port: u16,
+    pub tun_name: String,
+    pub userspace: bool,
+}
+
+fn system_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".into())
+}
+
+/// Whether an error means "the coordinator could not be reached" (as opposed to "it said no").
+fn unreachable(e: &ControlError) -> bool {
+    matches!(
+        e,
+        ControlError::Connect { .. } | ControlError::Timeout { .. } | ControlError::Io(_)
+    )
+}
+
+pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
+    if cfg.userspace {
+        bail!("--userspace is not available yet: run as root for TUN mode");
+    }
+    let state = StateDir::open(&cfg.state_dir)?;
+    let state_dir = cfg.state_dir.clone();
+    // Bound first: a second meshd on the same state dir stops here, before touching anything.
+    let api = api::bind(state.path())
+        .with_context(|| format!("local API socket in {}", state_dir.display()))?;
+    let saved = state.identity()?;
+    let coord_url = cfg
+        .coord
+        .clone()
+        .or_else(|| saved.as_ref().map(|s| s.coord_url.clone()))
+        .context("--coord URL is required the first time (the coordinator's https:// address)")?;
+    let fingerprint = cfg
+        .coord_fingerprint
+        .clone()
+        .or_else(|| saved.as_ref().and_then(|s| s.coord_fingerprint.clone()));
+    let ca = cfg
+        .coord_ca
+        .clone()
+        .or_else(|| saved.as_ref().and_then(|s| s.coord_ca.clone()));
+    let trust = match (&fingerprint, &ca) {
+        (Some(f), _) => Trust::Fingerprint(f.clone()),
+        (None, Some(ca)) => Trust::CaFile(ca.clone()),
+        (None, None) => bail!(
+            "say how to trust the coordinator: --coord-fingerprint SHA256 (as `coord serve` \
+             prints it) or --coord-ca FILE"
+        ),
+    };
+    let key = state.node_key()?;
+    let client = Arc::new(ControlClient::new(&coord_url, trust, key.clone())?);
+    let hostname = cfg.hostname.clone().unwrap_or_else(system_hostname);
+
+    let saved_map = state.netmap()?;
+    let me = match client.register(cfg.authkey.as_deref(), &hostname).await {
+        Ok(r) => {
+            state.save_identity(&Identity {
+                coord_url: coord_url.clone(),
+                coord_fingerprint: fingerprint.clone(),
+                coord_ca: ca.clone(),
+                node: r.node.clone(),
+            })?;
+            info!(name = %r.node.name, ipv4 = %r.node.ipv4, ipv6 = %r.node.ipv6, "registered");
+            r.node
+        }
+        Err(e) if unreachable(&e) && saved.is_some() && saved_map.is_some() => {
+            warn!("{e}; starting from the saved netmap");
+            saved.map(|s| s.node).context("saved identity")?
+        }
+        Err(e) => return Err(e.into()),
+    };
+
+    let dev = Arc::new(create_tun(&cfg.tun_name, &me)?);
+    let udp = Arc::new(
+        UdpSocket::bind((Ipv4Addr::UNSPECIFIED, cfg.listen_port))
+            .await
+            .with_context(|| format!("binding UDP port {}", cfg.listen_port))?,
+    );
+    let port = udp.local_addr()?.port();
+    println!(
+        "meshd up: {} is {} and {} on {} (UDP port {port})",
+        me.fqdn, me.ipv4, me.ipv6, cfg.tun_name
+    );
+
+    let initial = saved_map.map(|m| ControlState::Netmap(Box::new(m)));
+    let (tx, rx) = watch::channel(initial);
+    let (connected_tx, connected_rx) = watch::channel(false);
+    let control = ControlLoop {
+        client,
+        state,
+        tx,
+        connected: connected_tx,
+        listen_port: port,
+    };
+    let control_task = tokio::spawn(control.run());
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (status_tx, status_rx) = watch::channel(api::Status::default());
+    tokio::spawn(api::serve(api, status_rx, stop_tx.clone()));
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => return,
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+        let _ = stop_tx.send(true);
+    });
+    let peers = Peers::new(key, PacketFilter::new(FilterLimits::default()));
+    let wiring = dataplane::Wiring {
+        control: rx,
+        coord_up: connected_rx,
+        status: status_tx,
+        shutdown: stop_rx,
+        me,
+    };
+    let result = dataplane::run(dev, udp, peers, wiring).await;
+    control_task.abort();
+    let _ = std::fs::remove_file(state_dir.join(api::SOCKET));
+    info!("meshd stopped");
+    result.context("data plane")
+}
+
+fn create_tun(name: &str, me: &proto::Node) -> anyhow::Result<tun_rs::AsyncDevice> {
+    let dev = tun_rs::DeviceBuilder::new()
+        .name(name)
+        // The prefix lengths give the kernel the routes for the whole mesh through the device.
+        .ipv4(me.ipv4, 10u8, None)
+        .ipv6(me.ipv6, 48u8)
+        .mtu(dataplane::MTU)
+        .build_async();
+    match dev {
+        Ok(d) => Ok(d),
+        Err(e)
+            if matches!(e.kind(), std::io::ErrorKind::PermissionDenied)
+                || e.raw_os_error() == Some(1) =>
+        {
+            bail!("no permission to create a TUN device ({e}): run as root, or use --userspace")
+        }
+        Err(e) => Err(e).with_context(|| format!("creating TUN device {name}")),
+    }
+}

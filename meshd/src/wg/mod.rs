@@ -1,0 +1,385 @@
+//! The WireGuard peer set: one `boringtun::noise::Tunn` per peer, routing by allowed IPs, the
+//! inner-source check and the packet filter. Sans-IO: the driver hands in datagrams read from the
+//! UDP socket and packets read from the TUN device or the userspace stack, with the time, and the
+//! core answers through a [`Sink`] (send this datagram, deliver this packet). Timers run when the
+//! driver calls [`Peers::tick`].
+//!
+//! Contract with boringtun 0.7.1 (see DESIGN.md): every peer has a unique 24-bit index (a data
+//! packet's receiver index `>> 8`); a handshake initiation is matched to a peer by
+//! `parse_handshake_anon`; buffers are at least packet + 32 bytes; after a `WriteToNetwork`,
+//! `decapsulate(None, &[])` is called until `Done` to flush queued packets; the real UDP source is
+//! always passed in; one rate limiter for all peers, reset every second.
+
+mod peer;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+use keys::{PrivateKey, PublicKey};
+use proto::Node;
+use tracing::{debug, info, trace};
+
+use peer::Peer;
+pub use peer::PeerStats;
+
+use crate::filter::{PacketFilter, Verdict};
+use crate::packet;
+use crate::routes::RouteTable;
+
+/// Bytes WireGuard adds to every packet (header 16 + tag 16).
+pub const OVERHEAD: usize = 32;
+/// Handshake initiations accepted per second before cookies are required.
+const HANDSHAKE_RATE_LIMIT: u64 = 100;
+/// Persistent keepalive, so NAT mappings stay open while a peer is idle.
+pub const KEEPALIVE_SECS: u16 = 25;
+
+/// Where the core's output goes. The driver implements it over real sockets; tests over queues.
+pub trait Sink {
+    /// Send an encrypted datagram.
+    fn send_udp(&mut self, to: SocketAddr, datagram: &[u8]);
+    /// Deliver a decrypted, checked packet to the host (TUN device or userspace stack).
+    fn deliver(&mut self, packet: &[u8]);
+}
+
+/// Why traffic was dropped, counted for `meshd status`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Drops {
+    /// Datagrams that are not WireGuard or fail to authenticate.
+    pub invalid_datagram: u64,
+    /// Datagrams for a peer we do not know.
+    pub unknown_peer: u64,
+    /// Decrypted packets whose inner source is not the sender's (allowed-IPs check).
+    pub spoofed_source: u64,
+    /// Decrypted packets the packet filter refused.
+    pub filtered: u64,
+    /// Packets from the host to an address no peer owns, or that do not parse.
+    pub no_route: u64,
+    /// Packets to a peer that has no endpoint yet.
+    pub no_endpoint: u64,
+}
+
+/// The WireGuard side of a node.
+pub struct Peers {
+    secret: PrivateKey,
+    public: PublicKey,
+    rate_limiter: Arc<RateLimiter>,
+    peers: HashMap<u32, Peer>,
+    by_key: HashMap<PublicKey, u32>,
+    routes: RouteTable<u32>,
+    filter: PacketFilter,
+    next_index: u32,
+    last_limiter_reset: Option<Instant>,
+    drops: Drops,
+    buf: Vec<u8>,
+}
+
+impl std::fmt::Debug for Peers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peers")
+            .field("public", &self.public)
+            .field("peers", &self.peers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Largest datagram handled: a 64 KiB packet plus overhead.
+const BUF: usize = 65_536 + OVERHEAD;
+
+impl Peers {
+    pub fn new(secret: PrivateKey, filter: PacketFilter) -> Self {
+        let public = secret.public_key();
+        let limiter_key = boringtun::x25519::PublicKey::from(*public.as_bytes());
+        Self {
+            rate_limiter: Arc::new(RateLimiter::new(&limiter_key, HANDSHAKE_RATE_LIMIT)),
+            secret,
+            public,
+            peers: HashMap::new(),
+            by_key: HashMap::new(),
+            routes: RouteTable::default(),
+            filter,
+            next_index: 1,
+            last_limiter_reset: None,
+            drops: Drops::default(),
+            buf: vec![0; BUF],
+        }
+    }
+
+    pub fn public_key(&self) -> PublicKey {
+        self.public
+    }
+
+    pub fn drops(&self) -> Drops {
+        self.drops
+    }
+
+    pub fn filter_mut(&mut self) -> &mut PacketFilter {
+        &mut self.filter
+    }
+
+    /// Per-peer figures for `meshd status`.
+    pub fn stats(&self) -> Vec<PeerStats> {
+        let mut v: Vec<_> = self.peers.values().map(Peer::stats).collect();
+        v.sort_by_key(|s| s.node.id);
+        v
+    }
+
+    fn free_index(&mut self) -> u32 {
+        loop {
+            let i = self.next_index;
+            self.next_index = (self.next_index % 0x00ff_ffff) + 1;
+            if !self.peers.contains_key(&i) {
+                return i;
+            }
+        }
+    }
+
+    /// Makes the peer set equal `nodes`, touching only what changed: an unchanged peer keeps its
+    /// session, so its flows never stall. Returns (added, changed, removed) counts.
+    pub fn set_peers(&mut self, nodes: &[Node]) -> (usize, usize, usize) {
+        let wanted: HashMap<PublicKey, &Node> = nodes.iter().map(|n| (n.public_key, n)).collect();
+        let gone: Vec<u32> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| !wanted.contains_key(&p.node.public_key))
+            .map(|(i, _)| *i)
+            .collect();
+        for idx in &gone {
+            if let Some(p) = self.peers.remove(idx) {
+                info!(peer = %p.node.name, "peer removed");
+                self.by_key.remove(&p.node.public_key);
+                self.routes.remove_value(*idx);
+            }
+        }
+        let (mut added, mut changed) = (0, 0);
+        for node in nodes {
+            if node.public_key == self.public {
+                continue;
+            }
+            match self.by_key.get(&node.public_key).copied() {
+                Some(idx) => {
+                    let Some(p) = self.peers.get_mut(&idx) else {
+                        continue;
+                    };
+                    if p.node != *node {
+                        changed += 1;
+                        if p.node.allowed_ips() != node.allowed_ips() {
+                            self.routes.remove_value(idx);
+                            for net in node.allowed_ips() {
+                                self.routes.insert(net, idx);
+                            }
+                        }
+                        p.update_node(node.clone());
+                    }
+                }
+                None => {
+                    added += 1;
+                    let idx = self.free_index();
+                    let tunn = Tunn::new(
+                        self.secret.as_static_secret().clone(),
+                        boringtun::x25519::PublicKey::from(*node.public_key.as_bytes()),
+                        None,
+                        Some(KEEPALIVE_SECS),
+                        idx,
+                        Some(self.rate_limiter.clone()),
+                    );
+                    for net in node.allowed_ips() {
+                        self.routes.insert(net, idx);
+                    }
+                    self.by_key.insert(node.public_key, idx);
+                    info!(peer = %node.name, ipv4 = %node.ipv4, "peer added");
+                    self.peers.insert(idx, Peer::new(node.clone(), tunn));
+                }
+            }
+        }
+        (added, changed, gone.len())
+    }
+
+    /// A packet from the host, to be encrypted for the peer that owns its destination.
+    pub fn handle_outbound(&mut self, pkt: &[u8], now: Instant, sink: &mut impl Sink) {
+        let Ok(info) = packet::parse(pkt) else {
+            self.drops.no_route += 1;
+            return;
+        };
+        let Some(idx) = self.routes.lookup(info.dst) else {
+            self.drops.no_route += 1;
+            trace!(dst = %info.dst, "no peer owns this destination");
+            return;
+        };
+        self.filter.outbound(&info, now);
+        let Some(peer) = self.peers.get_mut(&idx) else {
+            self.drops.no_route += 1;
+            return;
+        };
+        if pkt.len() + OVERHEAD > self.buf.len() {
+            self.drops.no_route += 1;
+            return;
+        }
+        match peer.tunn.encapsulate(pkt, &mut self.buf) {
+            TunnResult::WriteToNetwork(out) if !peer.send(out, sink) => {
+                self.drops.no_endpoint += 1;
+            }
+            TunnResult::Err(e) => debug!(peer = %peer.node.name, "encapsulate: {e:?}"),
+            _ => {}
+        }
+    }
+
+    /// Which peer a datagram is for, without decrypting it.
+    fn peer_for(&self, datagram: &[u8]) -> Option<u32> {
+        match Tunn::parse_incoming_packet(datagram).ok()? {
+            Packet::HandshakeInit(p) => {
+                let public = boringtun::x25519::PublicKey::from(*self.public.as_bytes());
+                let half =
+                    parse_handshake_anon(self.secret.as_static_secret(), &public, &p).ok()?;
+                self.by_key
+                    .get(&PublicKey::from_bytes(half.peer_static_public))
+                    .copied()
+            }
+            Packet::HandshakeResponse(p) => Some(p.receiver_idx >> 8),
+            Packet::PacketCookieReply(p) => Some(p.receiver_idx >> 8),
+            Packet::PacketData(p) => Some(p.receiver_idx >> 8),
+        }
+    }
+
+    /// A datagram from the network.
+    pub fn handle_datagram(
+        &mut self,
+        from: SocketAddr,
+        datagram: &[u8],
+        now: Instant,
+        sink: &mut impl Sink,
+    ) {
+        if Tunn::parse_incoming_packet(datagram).is_err() {
+            self.drops.invalid_datagram += 1;
+            return;
+        }
+        let Some(idx) = self.peer_for(datagram) else {
+            self.drops.unknown_peer += 1;
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&idx) else {
+            self.drops.unknown_peer += 1;
+            return;
+        };
+        // Buffers: decapsulate may write up to the datagram's length.
+        if self.buf.len() < datagram.len() {
+            self.drops.invalid_datagram += 1;
+            return;
+        }
+        match peer
+            .tunn
+            .decapsulate(Some(from.ip()), datagram, &mut self.buf)
+        {
+            TunnResult::WriteToNetwork(out) => {
+                // A handshake answer, or a cookie when under load. Only an authenticated
+                // handshake moves the endpoint (roaming); cookies go back to the source.
+                sink.send_udp(from, out);
+                if !matches!(
+                    Tunn::parse_incoming_packet(datagram),
+                    Ok(Packet::PacketCookieReply(_))
+                ) {
+                    peer.roam(from);
+                }
+                // Flush packets queued while the handshake was pending.
+                while let TunnResult::WriteToNetwork(out) =
+                    peer.tunn.decapsulate(None, &[], &mut self.buf)
+                {
+                    peer.send(out, sink);
+                }
+            }
+            TunnResult::WriteToTunnelV4(pkt, src) => {
+                let src = IpAddr::V4(src);
+                Self::inbound(
+                    &mut self.drops,
+                    &self.routes,
+                    &mut self.filter,
+                    idx,
+                    peer,
+                    from,
+                    src,
+                    now,
+                    sink,
+                    pkt,
+                );
+            }
+            TunnResult::WriteToTunnelV6(pkt, src) => {
+                let src = IpAddr::V6(src);
+                Self::inbound(
+                    &mut self.drops,
+                    &self.routes,
+                    &mut self.filter,
+                    idx,
+                    peer,
+                    from,
+                    src,
+                    now,
+                    sink,
+                    pkt,
+                );
+            }
+            TunnResult::Done => peer.roam(from),
+            TunnResult::Err(e) => {
+                self.drops.invalid_datagram += 1;
+                debug!(peer = %peer.node.name, "decapsulate: {e:?}");
+            }
+        }
+    }
+
+    /// A decrypted packet: allowed-IPs check, then the filter, then delivery.
+    #[allow(clippy::too_many_arguments)]
+    fn inbound(
+        drops: &mut Drops,
+        routes: &RouteTable<u32>,
+        filter: &mut PacketFilter,
+        idx: u32,
+        peer: &mut Peer,
+        from: SocketAddr,
+        src: IpAddr,
+        now: Instant,
+        sink: &mut impl Sink,
+        pkt: &[u8],
+    ) {
+        // The datagram authenticated: the peer is at `from` now.
+        peer.roam(from);
+        if !routes.source_allowed(src, idx) {
+            drops.spoofed_source += 1;
+            debug!(peer = %peer.node.name, %src, "dropped: inner source is not the peer's");
+            return;
+        }
+        let Ok(info) = packet::parse(pkt) else {
+            drops.filtered += 1;
+            return;
+        };
+        match filter.inbound(&info, &peer.node, now) {
+            Verdict::Accept => {
+                peer.rx_packets += 1;
+                sink.deliver(pkt);
+            }
+            Verdict::Drop(reason) => {
+                drops.filtered += 1;
+                trace!(peer = %peer.node.name, ?reason, "dropped by the packet filter");
+            }
+        }
+    }
+
+    /// Timers: handshakes, keepalives, rekeying. Call every ~100-250 ms.
+    pub fn tick(&mut self, now: Instant, sink: &mut impl Sink) {
+        if self
+            .last_limiter_reset
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            self.rate_limiter.reset_count();
+            self.last_limiter_reset = Some(now);
+        }
+        for peer in self.peers.values_mut() {
+            peer.tick(&mut self.buf, sink);
+        }
+        self.filter.expire(now);
+    }
+}

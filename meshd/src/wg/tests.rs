@@ -1,0 +1,270 @@
+//! Peers on a simulated network: real boringtun handshakes and encryption between in-memory
+//! nodes, no sockets. Checks delivery both ways (IPv4 and IPv6), the allowed-IPs check, the
+//! packet filter, roaming, garbage, and that netmap changes leave unchanged sessions alone.
+
+use std::collections::VecDeque;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Instant;
+
+use keys::PrivateKey;
+use proto::map::FilterRule;
+use proto::policy::{PortRange, Protocol};
+use proto::{Node, NodeId};
+
+use super::*;
+use crate::filter::{FilterLimits, PacketFilter};
+use crate::packet::build;
+
+#[derive(Default)]
+struct Out {
+    sent: Vec<(SocketAddr, Vec<u8>)>,
+    delivered: Vec<Vec<u8>>,
+}
+
+impl Sink for Out {
+    fn send_udp(&mut self, to: SocketAddr, datagram: &[u8]) {
+        self.sent.push((to, datagram.to_vec()));
+    }
+    fn deliver(&mut self, packet: &[u8]) {
+        self.delivered.push(packet.to_vec());
+    }
+}
+
+struct Host {
+    node: Node,
+    peers: Peers,
+    addr: SocketAddr,
+    out: Out,
+}
+
+fn allow_all() -> Vec<FilterRule> {
+    vec![FilterRule {
+        src: vec!["*".into()],
+        proto: Protocol::Any,
+        ports: vec![PortRange::ALL],
+    }]
+}
+
+fn host(i: u8, rules: Vec<FilterRule>) -> Host {
+    let key = PrivateKey::generate();
+    let addr: SocketAddr = format!("192.0.2.{i}:4164{i}").parse().unwrap();
+    let node = Node {
+        id: NodeId(u64::from(i)),
+        name: format!("n{i}"),
+        fqdn: format!("n{i}.mesh.internal"),
+        public_key: key.public_key(),
+        ipv4: Ipv4Addr::new(100, 64, 0, i),
+        ipv6: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0x6440, u16::from(i)),
+        tags: vec![],
+        endpoints: vec![addr],
+        online: true,
+        key_expiry: u64::MAX,
+    };
+    let mut filter = PacketFilter::new(FilterLimits::default());
+    filter.set_rules(rules);
+    Host {
+        node,
+        peers: Peers::new(key, filter),
+        addr,
+        out: Out::default(),
+    }
+}
+
+/// Moves datagrams between hosts until none are in flight. Returns how many moved.
+fn pump(hosts: &mut [&mut Host], now: Instant) -> usize {
+    let mut moved = 0;
+    for _ in 0..100 {
+        let mut queue: VecDeque<(SocketAddr, SocketAddr, Vec<u8>)> = VecDeque::new();
+        for h in hosts.iter_mut() {
+            for (to, d) in h.out.sent.drain(..) {
+                queue.push_back((h.addr, to, d));
+            }
+        }
+        if queue.is_empty() {
+            return moved;
+        }
+        while let Some((from, to, d)) = queue.pop_front() {
+            moved += 1;
+            if let Some(h) = hosts.iter_mut().find(|h| h.addr == to) {
+                let Host { peers, out, .. } = &mut **h;
+                peers.handle_datagram(from, &d, now, out);
+            }
+        }
+    }
+    panic!("network did not settle");
+}
+
+fn pair() -> (Host, Host) {
+    let mut a = host(1, allow_all());
+    let mut b = host(2, allow_all());
+    a.peers.set_peers(&[b.node.clone()]);
+    b.peers.set_peers(&[a.node.clone()]);
+    (a, b)
+}
+
+#[test]
+fn packets_cross_both_ways_after_a_handshake() {
+    let (mut a, mut b) = pair();
+    let now = Instant::now();
+    let ping = build::icmp_echo_v4(a.node.ipv4, b.node.ipv4, 7, 1, b"hello");
+    a.peers.handle_outbound(&ping, now, &mut a.out);
+    assert_eq!(a.out.sent.len(), 1, "a handshake initiation");
+    assert_eq!(a.out.sent[0].0, b.addr);
+    pump(&mut [&mut a, &mut b], now);
+    assert_eq!(
+        b.out.delivered,
+        vec![ping.clone()],
+        "queued packet flushed after handshake"
+    );
+
+    let reply = build::icmp_echo_reply_v4(b.node.ipv4, a.node.ipv4, 7, 1, b"hello");
+    b.peers.handle_outbound(&reply, now, &mut b.out);
+    pump(&mut [&mut a, &mut b], now);
+    assert_eq!(a.out.delivered, vec![reply]);
+
+    let v6 = build::udp_v6(a.node.ipv6, b.node.ipv6, 5000, 53, &[0u8; 1200]);
+    a.peers.handle_outbound(&v6, now, &mut a.out);
+    pump(&mut [&mut a, &mut b], now);
+    assert_eq!(b.out.delivered.last(), Some(&v6));
+
+    let stats = a.peers.stats();
+    assert_eq!(stats[0].endpoint, Some(b.addr));
+    assert!(stats[0].since_handshake.is_some());
+    assert!(stats[0].tx_bytes > 1200 && stats[0].rx_bytes > 0);
+    assert_eq!(a.peers.drops(), Drops::default());
+}
+
+#[test]
+fn a_forged_inner_source_is_dropped_and_counted() {
+    let mut a = host(1, allow_all());
+    let mut b = host(2, allow_all());
+    let c = host(3, allow_all());
+    a.peers.set_peers(&[b.node.clone()]);
+    b.peers.set_peers(&[a.node.clone(), c.node.clone()]);
+    let now = Instant::now();
+    // A claims to be C (v4 and v6).
+    for forged in [
+        build::udp_v4(c.node.ipv4, b.node.ipv4, 1, 2, b"x"),
+        build::udp_v6(c.node.ipv6, b.node.ipv6, 1, 2, b"x"),
+        build::udp_v4(Ipv4Addr::new(8, 8, 8, 8), b.node.ipv4, 1, 2, b"x"),
+    ] {
+        a.peers.handle_outbound(&forged, now, &mut a.out);
+        pump(&mut [&mut a, &mut b], now);
+    }
+    assert!(b.out.delivered.is_empty(), "nothing forged was delivered");
+    assert_eq!(b.peers.drops().spoofed_source, 3);
+    // A's own address still works.
+    let ok = build::udp_v4(a.node.ipv4, b.node.ipv4, 1, 2, b"x");
+    a.peers.handle_outbound(&ok, now, &mut a.out);
+    pump(&mut [&mut a, &mut b], now);
+    assert_eq!(b.out.delivered, vec![ok]);
+}
+
+#[test]
+fn the_filter_drops_unsolicited_traffic_but_passes_replies() {
+    let mut a = host(1, allow_all());
+    let mut b = host(2, vec![]); // B accepts no new inbound flows.
+    a.peers.set_peers(&[b.node.clone()]);
+    b.peers.set_peers(&[a.node.clone()]);
+    let now = Instant::now();
+    let unsolicited = build::udp_v4(a.node.ipv4, b.node.ipv4, 1000, 22, b"x");
+    a.peers.handle_outbound(&unsolicited, now, &mut a.out);
+    pump(&mut [&mut a, &mut b], now);
+    assert!(b.out.delivered.is_empty());
+    assert_eq!(b.peers.drops().filtered, 1);
+
+    // B opens a flow to A; A's answer on it gets in.
+    let out = build::udp_v4(b.node.ipv4, a.node.ipv4, 3333, 53, b"q");
+    b.peers.handle_outbound(&out, now, &mut b.out);
+    pump(&mut [&mut a, &mut b], now);
+    assert_eq!(a.out.delivered, vec![out]);
+    let answer = build::udp_v4(a.node.ipv4, b.node.ipv4, 53, 3333, b"a");
+    a.peers.handle_outbound(&answer, now, &mut a.out);
+    pump(&mut [&mut a, &mut b], now);
+    assert_eq!(b.out.delivered, vec![answer]);
+}
+
+#[test]
+fn garbage_datagrams_are_counted_and_change_nothing() {
+    let (mut a, mut b) = pair();
+    let now = Instant::now();
+    let mut x: u32 = 1;
+    for len in 0..2000usize {
+        let junk: Vec<u8> = (0..len % 300)
+            .map(|_| {
+                x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (x >> 24) as u8
+            })
+            .collect();
+        b.peers.handle_datagram(a.addr, &junk, now, &mut b.out);
+    }
+    // WireGuard-shaped junk too: data packets for a real peer index with bad tags.
+    for i in 0..100u32 {
+        let mut d = vec![4, 0, 0, 0];
+        d.extend_from_slice(&(1u32 << 8 | i).to_le_bytes());
+        d.extend_from_slice(&[0u8; 40]);
+        b.peers.handle_datagram(a.addr, &d, now, &mut b.out);
+    }
+    assert!(b.out.delivered.is_empty());
+    let drops = b.peers.drops();
+    assert!(
+        drops.invalid_datagram + drops.unknown_peer >= 2000,
+        "{drops:?}"
+    );
+    // The tunnel still works.
+    let p = build::udp_v4(a.node.ipv4, b.node.ipv4, 1, 2, b"after");
+    a.peers.handle_outbound(&p, now, &mut a.out);
+    b.out.sent.clear();
+    pump(&mut [&mut a, &mut b], now);
+    assert_eq!(b.out.delivered, vec![p]);
+}
+
+#[test]
+fn a_peer_that_moves_is_followed() {
+    let (mut a, mut b) = pair();
+    let now = Instant::now();
+    let p = build::udp_v4(a.node.ipv4, b.node.ipv4, 1, 2, b"1");
+    a.peers.handle_outbound(&p, now, &mut a.out);
+    pump(&mut [&mut a, &mut b], now);
+    assert_eq!(b.peers.stats()[0].endpoint, Some(a.addr));
+    // A's NAT mapping changes: its packets now come from elsewhere.
+    a.addr = "198.51.100.9:50000".parse().unwrap();
+    let p2 = build::udp_v4(a.node.ipv4, b.node.ipv4, 1, 2, b"2");
+    a.peers.handle_outbound(&p2, now, &mut a.out);
+    pump(&mut [&mut a, &mut b], now);
+    assert_eq!(b.out.delivered.last(), Some(&p2));
+    assert_eq!(b.peers.stats()[0].endpoint, Some(a.addr));
+    // B's answers follow A to its new address.
+    let back = build::udp_v4(b.node.ipv4, a.node.ipv4, 2, 1, b"3");
+    b.peers.handle_outbound(&back, now, &mut b.out);
+    assert_eq!(b.out.sent[0].0, a.addr);
+}
+
+#[test]
+fn netmap_changes_leave_unchanged_sessions_alone() {
+    let (mut a, mut b) = pair();
+    let now = Instant::now();
+    let p = build::udp_v4(a.node.ipv4, b.node.ipv4, 1, 2, b"1");
+    a.peers.handle_outbound(&p, now, &mut a.out);
+    pump(&mut [&mut a, &mut b], now);
+
+    // A third peer joins, and B's netmap entry changes only its online state.
+    let c = host(3, allow_all());
+    let mut b_entry = b.node.clone();
+    b_entry.online = false;
+    assert_eq!(a.peers.set_peers(&[b_entry, c.node.clone()]), (1, 1, 0));
+    // The next packet to B is a data packet (type 4) at once, not a new handshake.
+    let p2 = build::udp_v4(a.node.ipv4, b.node.ipv4, 1, 2, b"2");
+    a.peers.handle_outbound(&p2, now, &mut a.out);
+    assert_eq!(a.out.sent.len(), 1);
+    assert_eq!(a.out.sent[0].1[0], 4, "session kept");
+    pump(&mut [&mut a, &mut b], now);
+    assert_eq!(b.out.delivered.last(), Some(&p2));
+
+    // B leaves: its routes go with it.
+    assert_eq!(a.peers.set_peers(std::slice::from_ref(&c.node)), (0, 0, 1));
+    let p3 = build::udp_v4(a.node.ipv4, b.node.ipv4, 1, 2, b"3");
+    a.peers.handle_outbound(&p3, now, &mut a.out);
+    assert!(a.out.sent.is_empty());
+    assert_eq!(a.peers.drops().no_route, 1);
+}

@@ -1,0 +1,121 @@
+//! coord and three meshd nodes on one segment: every pair pings over the mesh, IPv4 and IPv6,
+//! through real TUN devices and the project's own WireGuard data plane.
+
+#![allow(clippy::unwrap_used)]
+
+mod mesh;
+
+use std::time::Duration;
+
+use mesh::{Coord, Node};
+use netns_tests::{require_root, wait_until, Ipv4Net, Topology};
+
+#[test]
+fn every_pair_of_nodes_pings_over_the_mesh() {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::new().unwrap();
+    let hosts: Vec<_> = ["coord", "n1", "n2", "n3"]
+        .iter()
+        .map(|h| topo.host(h).unwrap())
+        .collect();
+    let members: Vec<(&netns_tests::Host, Ipv4Net, Option<netns_tests::Ipv6Net>)> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (h, format!("203.0.113.{}/24", 10 + i).parse().unwrap(), None))
+        .collect();
+    let _lan = topo.bridge("lan", &members).unwrap();
+
+    let coord = Coord::start(&hosts[0], 8443);
+    let key = coord.authkey(&[]);
+    let nodes: Vec<Node> = hosts[1..]
+        .iter()
+        .enumerate()
+        .map(|(i, h)| Node::up(h, &coord, &key, &format!("n{}", i + 1)))
+        .collect();
+
+    for (i, from) in hosts[1..].iter().enumerate() {
+        for (j, to) in nodes.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            for addr in [&to.ipv4, &to.ipv6] {
+                // The first packets wait for the netmap and the handshake: retry, bounded.
+                wait_until(
+                    &format!("n{} pings {addr}", i + 1),
+                    Duration::from_secs(15),
+                    || {
+                        let out = from.output(
+                            "ping",
+                            &["-c", "1", "-W", "1", addr],
+                            Duration::from_secs(5),
+                        )?;
+                        Ok(out.status.success())
+                    },
+                )
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "{e}\n--- n{} log ---\n{}\n--- target log ---\n{}",
+                        i + 1,
+                        nodes[i].process.stderr(),
+                        to.process.stderr()
+                    )
+                });
+            }
+        }
+    }
+    // And a steady run: 5 pings each way between n1 and n2, none lost.
+    let out = hosts[1]
+        .run(
+            "ping",
+            &["-c", "5", "-i", "0.2", "-W", "2", &nodes[1].ipv4],
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    assert!(out.contains("5 received"), "{out}");
+
+    // What the user sees in `meshd status`: peers with endpoints on the LAN, recent handshakes,
+    // traffic both ways, nothing dropped as spoofed. (Status is refreshed every second.)
+    wait_until("status shows traffic", Duration::from_secs(5), || {
+        let s = nodes[0].status();
+        let peers = s["peers"].as_array().unwrap();
+        Ok(peers.len() == 2 && peers.iter().all(|p| p["rx_bytes"].as_u64() > Some(0)))
+    })
+    .unwrap();
+    let s = nodes[0].status();
+    assert_eq!(s["coord_connected"], true, "{}", nodes[0].process.stderr());
+    let peers = s["peers"].as_array().unwrap();
+    assert_eq!(peers.len(), 2, "{s}");
+    for p in peers {
+        assert!(
+            p["endpoint"].as_str().unwrap().starts_with("203.0.113."),
+            "{p}"
+        );
+        assert!(p["last_handshake_secs"].as_u64().unwrap() < 60, "{p}");
+        assert!(p["tx_bytes"].as_u64().unwrap() > 0, "{p}");
+    }
+    assert_eq!(s["drops"]["spoofed_source"], 0);
+    let (ok, ip) = nodes[0].cli(&["ip"]);
+    assert!(
+        ok && ip.contains(&nodes[0].ipv4) && ip.contains(&nodes[0].ipv6),
+        "{ip}"
+    );
+
+    // `meshd down` stops it, and its TUN device goes with it.
+    assert!(hosts[1]
+        .run("ip", &["link", "show", "mesh0"], Duration::from_secs(5))
+        .is_ok());
+    let (ok, text) = nodes[0].cli(&["down"]);
+    assert!(ok, "{text}");
+    let mut n1 = nodes.into_iter().next().unwrap();
+    wait_until("meshd exits", Duration::from_secs(5), || {
+        Ok(n1.process.try_wait()?.is_some())
+    })
+    .unwrap();
+    assert!(hosts[1]
+        .run("ip", &["link", "show", "mesh0"], Duration::from_secs(5))
+        .is_err());
+    let (ok, text) = n1.cli(&["status"]);
+    assert!(!ok && text.contains("meshd is not running"), "{text}");
+}
