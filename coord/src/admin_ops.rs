@@ -1,10 +1,13 @@
 //! Admin commands, run on the mesh thread: auth keys, nodes, policy.
 
+use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use keys::authkey::AuthKeyToken;
+use keys::PublicKey;
 use proto::admin::{AdminRequest, AdminResponse, AuthKeyInfo, NodeInfo};
 use proto::policy::{is_dns_label, Policy};
+use proto::Node;
 use tracing::info;
 
 use crate::service::{parse_key_id, unix_now, Service};
@@ -148,6 +151,9 @@ fn run(svc: &mut Service, req: AdminRequest) -> Result<AdminResponse, String> {
                 "node {node} expired: its peers drop it; it must register again with an auth key"
             )))
         }
+        AdminRequest::NodesAddExternal { name, public_key } => {
+            add_external(svc, &name, &public_key, now, unix)
+        }
         AdminRequest::PolicyGet => Ok(AdminResponse::Policy {
             policy: svc
                 .policy_text
@@ -167,9 +173,139 @@ fn run(svc: &mut Service, req: AdminRequest) -> Result<AdminResponse, String> {
     }
 }
 
+/// `coord nodes add-external`: a device with a stock WireGuard client joins with a key pair
+/// generated elsewhere. It gets addresses like any node and appears in its peers' netmaps; it
+/// never holds a map stream, so it shows offline and reports no endpoints (it initiates, and
+/// the mesh nodes learn its endpoint by roaming).
+fn add_external(
+    svc: &mut Service,
+    name: &str,
+    public_key: &str,
+    now: Instant,
+    unix: u64,
+) -> Result<AdminResponse, String> {
+    if !is_dns_label(name) {
+        return Err(format!(
+            "invalid node name {name:?}: use 1 to 63 letters a-z, digits and '-', like --name phone"
+        ));
+    }
+    let key: PublicKey = public_key.trim().parse().map_err(|e| {
+        format!(
+            "invalid public key {public_key:?}: {e}; give the device's WireGuard public key \
+             (44 base64 characters, as `wg pubkey` prints it)"
+        )
+    })?;
+    if key.as_bytes() == &[0u8; keys::KEY_LEN] {
+        return Err("invalid public key: the all-zero key is not a usable WireGuard key".into());
+    }
+    if let Some((rec, _)) = svc.mesh.node_by_key(&key) {
+        return Err(format!(
+            "public key {} is already registered as node {} ({}): remove it first with \
+             `coord nodes remove {}`",
+            key.short(),
+            rec.id,
+            rec.name,
+            rec.name
+        ));
+    }
+    if svc.mesh.list().any(|(rec, ..)| rec.name == name) {
+        return Err(format!(
+            "a node named {name:?} already exists: pick another --name"
+        ));
+    }
+    let plan = svc
+        .mesh
+        .plan_node(key, name, vec![], false, None, unix)
+        .map_err(|e| e.to_string())?;
+    let rec = svc
+        .store
+        .insert_external_node(&plan)
+        .map_err(|e| e.to_string())?;
+    let id = rec.id;
+    info!(node = %id, name = %rec.name, ipv4 = %rec.ipv4, key = %key.short(), "external node added");
+    svc.mesh.insert_node(rec, now, unix);
+    let info = svc
+        .mesh
+        .list()
+        .find(|(rec, ..)| rec.id == id)
+        .map(|(rec, view, last_seen, expired)| NodeInfo {
+            node: view.clone(),
+            created: rec.created,
+            last_seen,
+            ephemeral: rec.ephemeral,
+            expired,
+        })
+        .ok_or("the new node vanished")?;
+    let peers = svc.mesh.netmap_for(id).map(|m| m.peers).unwrap_or_default();
+    let config = wg_quick_config(&info.node, &peers);
+    Ok(AdminResponse::ExternalNodeAdded { node: info, config })
+}
+
+/// A wg-quick configuration for `me`: its addresses, and one `[Peer]` per node it may reach or
+/// be reached by. The private key stays on the device: the config has a placeholder for it.
+pub fn wg_quick_config(me: &Node, peers: &[Node]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# meshfunnel node {} ({})", me.name, me.fqdn);
+    let _ = writeln!(s, "[Interface]");
+    let _ = writeln!(
+        s,
+        "# Paste the private key that belongs to public key {}:",
+        me.public_key
+    );
+    let _ = writeln!(s, "PrivateKey = <paste your private key>");
+    let _ = writeln!(s, "Address = {}/32, {}/128", me.ipv4, me.ipv6);
+    for p in peers {
+        let _ = writeln!(s);
+        let _ = writeln!(s, "# {} ({})", p.name, p.fqdn);
+        let _ = writeln!(s, "[Peer]");
+        let _ = writeln!(s, "PublicKey = {}", p.public_key);
+        let _ = writeln!(s, "AllowedIPs = {}/32, {}/128", p.ipv4, p.ipv6);
+        if let Some(ep) = p.endpoints.first() {
+            let _ = writeln!(s, "Endpoint = {ep}");
+        }
+        let _ = writeln!(s, "PersistentKeepalive = 25");
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wg_quick_config_lists_peers_with_endpoints_when_known() {
+        let node = |i: u8, name: &str, endpoints: Vec<std::net::SocketAddr>| Node {
+            id: proto::NodeId(u64::from(i)),
+            name: name.into(),
+            fqdn: format!("{name}.mesh.internal"),
+            public_key: keys::PrivateKey::from_bytes([i; 32]).public_key(),
+            ipv4: std::net::Ipv4Addr::new(100, 64, 0, i),
+            ipv6: std::net::Ipv6Addr::new(0xfd00, 1, 2, 0, 0, 0, 0x6440, u16::from(i)),
+            tags: vec![],
+            endpoints,
+            online: false,
+            key_expiry: 0,
+        };
+        let me = node(1, "phone", vec![]);
+        let a = node(2, "a", vec!["[2001:db8::2]:41641".parse().unwrap()]);
+        let b = node(3, "b", vec![]);
+        let text = wg_quick_config(&me, &[a.clone(), b.clone()]);
+        assert!(text.contains("[Interface]\n"), "{text}");
+        assert!(text.contains("PrivateKey = <paste your private key>\n"));
+        assert!(text.contains("Address = 100.64.0.1/32, fd00:1:2::6440:1/128\n"));
+        assert_eq!(text.matches("[Peer]").count(), 2);
+        assert!(text.contains(&format!(
+            "[Peer]\nPublicKey = {}\nAllowedIPs = 100.64.0.2/32, fd00:1:2::6440:2/128\n\
+             Endpoint = [2001:db8::2]:41641\nPersistentKeepalive = 25\n",
+            a.public_key
+        )));
+        assert!(text.contains(&format!(
+            "[Peer]\nPublicKey = {}\nAllowedIPs = 100.64.0.3/32, fd00:1:2::6440:3/128\n\
+             PersistentKeepalive = 25\n",
+            b.public_key
+        )));
+        assert!(!text.contains("DNS"));
+    }
 
     #[test]
     fn tags_normalize() {

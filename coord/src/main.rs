@@ -112,6 +112,19 @@ enum NodesCmd {
     Remove { node: String },
     /// Expire a node's key now (by id or name): peers drop it; it must register again.
     Expire { node: String },
+    /// Add a device that runs a stock WireGuard client (phone, router): allocates its addresses
+    /// and prints a wg-quick config with a [Peer] for each mesh node it may reach.
+    AddExternal {
+        /// The node's name in the mesh (a DNS label).
+        #[arg(long)]
+        name: String,
+        /// The device's WireGuard public key (from `wg genkey | wg pubkey`).
+        #[arg(long)]
+        public_key: String,
+        /// Print the node and the config as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -225,6 +238,36 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Nodes(NodesCmd::Expire { node }) => {
             done(admin(&dir, AdminRequest::NodesExpire { node })?)
+        }
+        Cmd::Nodes(NodesCmd::AddExternal {
+            name,
+            public_key,
+            json,
+        }) => {
+            let AdminResponse::ExternalNodeAdded { node, config } =
+                admin(&dir, AdminRequest::NodesAddExternal { name, public_key })?
+            else {
+                bail!("unexpected answer from coord");
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({ "node": node, "config": config })
+                    )?
+                );
+            } else {
+                print!("{config}");
+                eprintln!(
+                    "external node {} added: {}, {}; key expires {}. Put the device's private key \
+                     into the config and load it with wg-quick.",
+                    node.node.name,
+                    node.node.ipv4,
+                    node.node.ipv6,
+                    when(node.node.key_expiry)
+                );
+            }
+            Ok(())
         }
         Cmd::Policy(PolicyCmd::Get) => {
             let AdminResponse::Policy { policy } = admin(&dir, AdminRequest::PolicyGet)? else {

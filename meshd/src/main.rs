@@ -20,6 +20,8 @@ struct Cli {
     cmd: Cmd,
 }
 
+// Parsed once at start-up: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Join the mesh and carry traffic (foreground; Ctrl+C stops).
@@ -45,9 +47,21 @@ enum Cmd {
         /// Name of the TUN device.
         #[arg(long, default_value = "mesh0")]
         tun: String,
-        /// Run without root and without a TUN device (userspace network stack).
-        #[arg(long)]
+        /// Run without root and without a TUN device (userspace network stack); programs reach
+        /// peers through the SOCKS5 proxy.
+        #[arg(long, env = "MESHD_USERSPACE")]
         userspace: bool,
+        /// Userspace mode: address of the SOCKS5 proxy (port 0: any free port).
+        #[arg(long, env = "MESHD_SOCKS5", default_value = "127.0.0.1:1055")]
+        socks5: std::net::SocketAddr,
+        /// Userspace mode: forward TCP connections to this node's mesh port to a local address,
+        /// as MESHPORT:HOST:PORT (e.g. 8080:127.0.0.1:8000). Repeatable.
+        #[arg(long, value_parser = meshd::userspace::parse_serve_tcp)]
+        serve_tcp: Vec<(u16, std::net::SocketAddr)>,
+        /// Advertise this address too (e.g. behind a port forward), as IP or IP:PORT; without a
+        /// port, the WireGuard UDP port. Repeatable.
+        #[arg(long, value_parser = meshd::daemon::parse_endpoint)]
+        endpoint: Vec<(std::net::IpAddr, Option<u16>)>,
     },
     /// Show this node and its peers.
     Status {
@@ -57,6 +71,13 @@ enum Cmd {
     },
     /// Print this node's mesh addresses.
     Ip,
+    /// Ping a peer (name, fqdn or mesh address) over the mesh: RTT and the endpoint used.
+    Ping {
+        target: String,
+        /// How many pings (one per second).
+        #[arg(short = 'c', long, default_value_t = 4)]
+        count: u32,
+    },
     /// Stop the running meshd (its TUN device, addresses and routes go with it).
     Down,
     /// Forget this node's identity (key, registration, netmap).
@@ -93,6 +114,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             listen_port,
             tun,
             userspace,
+            socks5,
+            serve_tcp,
+            endpoint,
         } => {
             let cfg = meshd::daemon::UpConfig {
                 coord,
@@ -104,6 +128,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 listen_port,
                 tun_name: tun,
                 userspace,
+                socks5,
+                serve_tcp,
+                endpoints: endpoint,
             };
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(meshd::daemon::up(cfg))
@@ -120,6 +147,42 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Ip => {
             for a in status(&cli.state_dir)?.addresses {
                 println!("{a}");
+            }
+            Ok(())
+        }
+        Cmd::Ping { target, count } => {
+            let mut answered = 0;
+            for i in 0..count.max(1) {
+                if i > 0 {
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                }
+                match api::request(
+                    &cli.state_dir,
+                    &api::Request::Ping {
+                        target: target.clone(),
+                    },
+                )? {
+                    api::Response::Pong {
+                        peer,
+                        ip,
+                        rtt_micros,
+                        endpoint,
+                    } => {
+                        answered += 1;
+                        let via = endpoint
+                            .map(|e| e.to_string())
+                            .unwrap_or_else(|| "?".into());
+                        println!(
+                            "pong from {peer} ({ip}) via {via} in {:.2} ms",
+                            rtt_micros as f64 / 1000.0
+                        );
+                    }
+                    api::Response::Error { message } => println!("{message}"),
+                    other => anyhow::bail!("unexpected answer: {other:?}"),
+                }
+            }
+            if answered == 0 {
+                anyhow::bail!("no answer from {target}");
             }
             Ok(())
         }

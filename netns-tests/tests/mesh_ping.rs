@@ -102,6 +102,16 @@ fn every_pair_of_nodes_pings_over_the_mesh() {
         "{ip}"
     );
 
+    // `meshd ping` by name and by IPv6 address: RTT and the endpoint it went through.
+    let (ok, text) = nodes[0].cli(&["ping", "n2", "-c", "2"]);
+    assert!(ok, "{text}");
+    assert_eq!(text.matches("pong from n2").count(), 2, "{text}");
+    assert!(text.contains("via 203.0.113.12:41641"), "{text}");
+    let (ok, text) = nodes[0].cli(&["ping", &nodes[2].ipv6, "-c", "1"]);
+    assert!(ok && text.contains("pong from n3"), "{text}");
+    let (ok, text) = nodes[0].cli(&["ping", "nobody", "-c", "1"]);
+    assert!(!ok && text.contains("no peer named"), "{text}");
+
     // `meshd down` stops it, and its TUN device goes with it.
     assert!(hosts[1]
         .run("ip", &["link", "show", "mesh0"], Duration::from_secs(5))

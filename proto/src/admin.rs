@@ -31,6 +31,13 @@ pub enum AdminRequest {
     NodesExpire {
         node: String,
     },
+    /// Registers a device running a stock WireGuard client: its key pair was generated elsewhere
+    /// (`wg genkey`), it has no auth key and never opens a map stream.
+    NodesAddExternal {
+        name: String,
+        /// The device's WireGuard public key (base64, as `wg pubkey` prints it).
+        public_key: String,
+    },
     PolicyGet,
     /// `policy` is the document's text, so errors can point into it.
     PolicySet {
@@ -51,6 +58,12 @@ pub enum AdminResponse {
     },
     Nodes {
         nodes: Vec<NodeInfo>,
+    },
+    /// An external node was created: `config` is a wg-quick configuration for the device,
+    /// with a placeholder where its private key goes.
+    ExternalNodeAdded {
+        node: NodeInfo,
+        config: String,
     },
     Policy {
         policy: String,
@@ -107,6 +120,17 @@ mod tests {
             r,
             AdminRequest::NodesRemove {
                 node: "laptop".into()
+            }
+        );
+        let r: AdminRequest = serde_json::from_str(
+            r#"{"cmd":"nodes_add_external","name":"phone","public_key":"AAAA"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r,
+            AdminRequest::NodesAddExternal {
+                name: "phone".into(),
+                public_key: "AAAA".into()
             }
         );
         assert!(serde_json::from_str::<AdminRequest>(r#"{"cmd":"drop_tables"}"#).is_err());

@@ -135,6 +135,10 @@ async fn route(api: &Api, peer: SocketAddr, req: Request<Incoming>) -> Response<
     result.unwrap_or_else(|e| respond_error(&e))
 }
 
+/// The largest refused body that is still read and thrown away (see [`read_body`]).
+const MAX_DISCARD_BYTES: u64 = 1024 * 1024;
+const DISCARD_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Reads a body of at most [`MAX_BODY_BYTES`]; a larger declared length is refused unread.
 async fn read_body(req: Request<Incoming>) -> Result<(http::request::Parts, Bytes), ApiError> {
     let (parts, body) = req.into_parts();
@@ -143,7 +147,19 @@ async fn read_body(req: Request<Incoming>) -> Result<(http::request::Parts, Byte
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+    if let Some(n) = declared.filter(|n| *n > MAX_BODY_BYTES as u64) {
+        // Refused unread. A client still sending would see the connection reset instead of
+        // the 413 if it closed with data pending, so a modest body is discarded in the
+        // background while the answer goes out; a larger one is cut off.
+        if n <= MAX_DISCARD_BYTES {
+            tokio::spawn(async move {
+                let mut body = body;
+                let _ = tokio::time::timeout(DISCARD_TIMEOUT, async {
+                    while let Some(Ok(_)) = body.frame().await {}
+                })
+                .await;
+            });
+        }
         return Err(ApiError::BodyTooLarge);
     }
     let bytes = Limited::new(body, MAX_BODY_BYTES)

@@ -122,6 +122,15 @@ impl Store {
         rows.into_iter().collect()
     }
 
+    /// Inserts a node that registered with no auth key (an external WireGuard device the admin
+    /// added), in its own transaction.
+    pub fn insert_external_node(&mut self, n: &NewNode) -> Result<NodeRecord> {
+        let tx = self.conn.transaction()?;
+        let rec = insert_node(&tx, n)?;
+        tx.commit()?;
+        Ok(rec)
+    }
+
     pub fn delete_node(&mut self, id: NodeId) -> Result<bool> {
         let n = self
             .conn

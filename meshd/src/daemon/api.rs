@@ -11,7 +11,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::ping::PingRequest;
 use tracing::debug;
 
 /// File name of the local API socket inside the state dir.
@@ -24,14 +26,29 @@ const IO_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum Request {
     Status,
     Down,
+    /// One ICMP echo over the mesh to a peer's name, fqdn or address.
+    Ping {
+        target: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
     Status(Box<Status>),
-    Done { message: String },
-    Error { message: String },
+    Pong {
+        peer: String,
+        ip: IpAddr,
+        rtt_micros: u64,
+        /// The peer's UDP endpoint the exchange went through.
+        endpoint: Option<SocketAddr>,
+    },
+    Done {
+        message: String,
+    },
+    Error {
+        message: String,
+    },
 }
 
 /// What `meshd status` shows.
@@ -94,6 +111,7 @@ pub async fn serve(
     listener: UnixListener,
     status: watch::Receiver<Status>,
     down: watch::Sender<bool>,
+    pings: mpsc::Sender<PingRequest>,
 ) {
     loop {
         let Ok((conn, _)) = listener.accept().await else {
@@ -102,6 +120,7 @@ pub async fn serve(
         };
         let status = status.clone();
         let down = down.clone();
+        let pings = pings.clone();
         tokio::spawn(async move {
             let work = async move {
                 let (r, mut w) = conn.into_split();
@@ -118,6 +137,7 @@ pub async fn serve(
                             message: "meshd is shutting down".into(),
                         }
                     }
+                    Ok(Request::Ping { target }) => ping(&pings, &status, target).await,
                     Err(e) => Response::Error {
                         message: format!("malformed request: {e}"),
                     },
@@ -131,6 +151,39 @@ pub async fn serve(
                 debug!("local API connection: {e}");
             }
         });
+    }
+}
+
+async fn ping(
+    pings: &mpsc::Sender<PingRequest>,
+    status: &watch::Receiver<Status>,
+    target: String,
+) -> Response {
+    let (reply, rx) = oneshot::channel();
+    if pings.send(PingRequest { target, reply }).await.is_err() {
+        return Response::Error {
+            message: "ping is not available in this mode".into(),
+        };
+    }
+    match rx.await {
+        Ok(Ok(pong)) => {
+            let endpoint = status
+                .borrow()
+                .peers
+                .iter()
+                .find(|p| p.name == pong.peer)
+                .and_then(|p| p.endpoint);
+            Response::Pong {
+                peer: pong.peer,
+                ip: pong.ip,
+                rtt_micros: pong.rtt.as_micros() as u64,
+                endpoint,
+            }
+        }
+        Ok(Err(message)) => Response::Error { message },
+        Err(_) => Response::Error {
+            message: "meshd is shutting down".into(),
+        },
     }
 }
 

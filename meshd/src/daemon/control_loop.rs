@@ -35,6 +35,8 @@ pub struct ControlLoop {
     /// Whether the map stream is up.
     pub connected: watch::Sender<bool>,
     pub listen_port: u16,
+    /// Reported besides the local interface addresses (`--endpoint`).
+    pub extra_endpoints: Vec<SocketAddr>,
 }
 
 impl ControlLoop {
@@ -78,7 +80,10 @@ impl ControlLoop {
         let _up = Connected(&self.connected);
         if let Err(e) = self
             .client
-            .set_endpoints(local_endpoints(self.listen_port))
+            .set_endpoints(with_extra(
+                local_endpoints(self.listen_port),
+                &self.extra_endpoints,
+            ))
             .await
         {
             warn!("reporting endpoints: {e}");
@@ -126,6 +131,18 @@ impl Drop for Connected<'_> {
     fn drop(&mut self) {
         self.0.send_replace(false);
     }
+}
+
+/// `extra` first (the operator asked for them), then the discovered ones, without duplicates.
+fn with_extra(found: Vec<SocketAddr>, extra: &[SocketAddr]) -> Vec<SocketAddr> {
+    let mut out = extra.to_vec();
+    for a in found {
+        if !out.contains(&a) {
+            out.push(a);
+        }
+    }
+    out.truncate(proto::node::MAX_ENDPOINTS);
+    out
 }
 
 /// The UDP endpoints peers may reach us on: every non-loopback, non-link-local, non-mesh address

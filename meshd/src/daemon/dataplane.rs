@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 use tun_rs::AsyncDevice;
 
 use super::api::{DropCounts, PeerStatus, Status};
 use super::control_loop::ControlState;
+use super::ping::{self, PingRequest, Pings};
 use crate::wg::{Peers, Sink};
 
 /// Packets handled per source before the loop looks at the others.
@@ -28,6 +29,8 @@ struct IoSink<'a> {
     udp: &'a UdpSocket,
     dev: &'a AsyncDevice,
     dropped: u64,
+    /// `meshd ping`'s replies are taken out here, before the host sees them.
+    pings: Pings,
 }
 
 impl Sink for IoSink<'_> {
@@ -38,6 +41,9 @@ impl Sink for IoSink<'_> {
     }
 
     fn deliver(&mut self, packet: &[u8]) {
+        if self.pings.intercept(packet, Instant::now()) {
+            return;
+        }
         if self.dev.try_send(packet).is_err() {
             self.dropped += 1;
         }
@@ -53,6 +59,8 @@ pub struct Wiring {
     pub status: watch::Sender<Status>,
     pub shutdown: watch::Receiver<bool>,
     pub me: proto::Node,
+    /// `meshd ping` requests from the local API.
+    pub pings: mpsc::Receiver<PingRequest>,
 }
 
 /// Runs until `shutdown` fires or the node is revoked.
@@ -68,7 +76,9 @@ pub async fn run(
         status,
         mut shutdown,
         me,
+        pings: mut ping_rx,
     } = wiring;
+    let mut netmap_peers: Vec<proto::Node> = Vec::new();
     let mut ubuf = vec![0u8; 65_536];
     let mut tbuf = vec![0u8; 65_536];
     let mut tick = tokio::time::interval(TICK);
@@ -77,14 +87,30 @@ pub async fn run(
         udp: &udp,
         dev: &dev,
         dropped: 0,
+        pings: Pings::default(),
     };
     // The saved netmap may already be there.
     let initial = control.borrow_and_update().clone();
     if let Some(ControlState::Netmap(map)) = initial {
         apply_netmap(&mut peers, &map);
+        netmap_peers = map.peers;
     }
     loop {
         tokio::select! {
+            Some(req) = ping_rx.recv() => {
+                let now = Instant::now();
+                match ping::resolve(&netmap_peers, &req.target) {
+                    Some((peer, ip)) => {
+                        let pkt = sink.pings.start(&me, peer, ip, now, req.reply);
+                        peers.handle_outbound(&pkt, now, &mut sink);
+                    }
+                    None => {
+                        let _ = req.reply.send(Err(format!(
+                            "no peer named or addressed {:?} in the netmap", req.target
+                        )));
+                    }
+                }
+            }
             r = udp.recv_from(&mut ubuf) => {
                 let (n, from) = r?;
                 let now = Instant::now();
@@ -108,7 +134,9 @@ pub async fn run(
                 }
             }
             _ = tick.tick() => {
-                peers.tick(Instant::now(), &mut sink);
+                let now = Instant::now();
+                peers.tick(now, &mut sink);
+                sink.pings.expire(now);
                 status.send_replace(snapshot(&peers, &me, *coord_up.borrow()));
             }
             r = control.changed() => {
@@ -117,7 +145,10 @@ pub async fn run(
                 }
                 let state = control.borrow_and_update().clone();
                 match state {
-                    Some(ControlState::Netmap(map)) => apply_netmap(&mut peers, &map),
+                    Some(ControlState::Netmap(map)) => {
+                        apply_netmap(&mut peers, &map);
+                        netmap_peers = map.peers;
+                    }
                     Some(ControlState::Revoked(_)) => return Ok(()),
                     None => {}
                 }
@@ -127,8 +158,8 @@ pub async fn run(
     }
 }
 
-/// The figures `meshd status` shows.
-fn snapshot(peers: &Peers, me: &proto::Node, coord_connected: bool) -> Status {
+/// The figures `meshd status` shows (shared with the userspace driver).
+pub(crate) fn snapshot(peers: &Peers, me: &proto::Node, coord_connected: bool) -> Status {
     let d = peers.drops();
     Status {
         name: me.name.clone(),
@@ -159,7 +190,7 @@ fn snapshot(peers: &Peers, me: &proto::Node, coord_connected: bool) -> Status {
     }
 }
 
-fn apply_netmap(peers: &mut Peers, map: &proto::map::Netmap) {
+pub(crate) fn apply_netmap(peers: &mut Peers, map: &proto::map::Netmap) {
     let (added, changed, removed) = peers.set_peers(&map.peers);
     peers.filter_mut().set_rules(map.packet_filter.clone());
     if added + changed + removed > 0 {

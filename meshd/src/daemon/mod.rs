@@ -1,14 +1,16 @@
 //! `meshd up`: join the mesh and carry traffic. Loads or creates the identity, registers (or
-//! falls back to the saved netmap when the coordinator is unreachable), creates the TUN device,
-//! then runs the control loop and the data plane until SIGINT/SIGTERM. Closing the TUN device
-//! removes it with its addresses and routes.
+//! falls back to the saved netmap when the coordinator is unreachable), creates the TUN device
+//! (or, with `--userspace`, the userspace stack and its SOCKS5 proxy), then runs the control loop
+//! and the data plane until SIGINT/SIGTERM. Closing the TUN device removes it with its addresses
+//! and routes.
 
 pub mod api;
 pub mod control_loop;
 pub mod dataplane;
+pub mod ping;
 pub mod state;
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -35,6 +37,22 @@ pub struct UpConfig {
     pub listen_port: u16,
     pub tun_name: String,
     pub userspace: bool,
+    /// Userspace mode: where the SOCKS5 proxy listens (port 0: any free port).
+    pub socks5: SocketAddr,
+    /// Userspace mode: mesh TCP port → local address forwards (`--serve-tcp`).
+    pub serve_tcp: Vec<(u16, SocketAddr)>,
+    /// Endpoints to advertise besides the discovered ones; no port means our UDP port.
+    pub endpoints: Vec<(IpAddr, Option<u16>)>,
+}
+
+/// Parses `--endpoint IP[:PORT]` (IPv6 with a port as `[IP]:PORT`).
+pub fn parse_endpoint(s: &str) -> Result<(IpAddr, Option<u16>), String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok((a.ip(), Some(a.port())));
+    }
+    s.parse::<IpAddr>()
+        .map(|ip| (ip, None))
+        .map_err(|_| format!("{s:?} is not an address like 192.0.2.1 or 192.0.2.1:41641"))
 }
 
 fn system_hostname() -> String {
@@ -54,8 +72,8 @@ fn unreachable(e: &ControlError) -> bool {
 }
 
 pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
-    if cfg.userspace {
-        bail!("--userspace is not available yet: run as root for TUN mode");
+    if !cfg.userspace && !cfg.serve_tcp.is_empty() {
+        bail!("--serve-tcp needs --userspace (in TUN mode, services listen on the mesh address)");
     }
     let state = StateDir::open(&cfg.state_dir)?;
     let state_dir = cfg.state_dir.clone();
@@ -107,17 +125,41 @@ pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
         Err(e) => return Err(e.into()),
     };
 
-    let dev = Arc::new(create_tun(&cfg.tun_name, &me)?);
+    let dev = if cfg.userspace {
+        None
+    } else {
+        Some(Arc::new(create_tun(&cfg.tun_name, &me)?))
+    };
     let udp = Arc::new(
         UdpSocket::bind((Ipv4Addr::UNSPECIFIED, cfg.listen_port))
             .await
             .with_context(|| format!("binding UDP port {}", cfg.listen_port))?,
     );
     let port = udp.local_addr()?.port();
-    println!(
-        "meshd up: {} is {} and {} on {} (UDP port {port})",
-        me.fqdn, me.ipv4, me.ipv6, cfg.tun_name
-    );
+    let socks = if cfg.userspace {
+        let l = tokio::net::TcpListener::bind(cfg.socks5)
+            .await
+            .with_context(|| format!("SOCKS5 listener on {}", cfg.socks5))?;
+        println!(
+            "meshd up: {} is {} and {} in userspace (UDP port {port}, SOCKS5 on {})",
+            me.fqdn,
+            me.ipv4,
+            me.ipv6,
+            l.local_addr()?
+        );
+        Some(l)
+    } else {
+        println!(
+            "meshd up: {} is {} and {} on {} (UDP port {port})",
+            me.fqdn, me.ipv4, me.ipv6, cfg.tun_name
+        );
+        None
+    };
+    let extra_endpoints = cfg
+        .endpoints
+        .iter()
+        .map(|(ip, p)| SocketAddr::new(*ip, p.unwrap_or(port)))
+        .collect();
 
     let initial = saved_map.map(|m| ControlState::Netmap(Box::new(m)));
     let (tx, rx) = watch::channel(initial);
@@ -128,12 +170,14 @@ pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
         tx,
         connected: connected_tx,
         listen_port: port,
+        extra_endpoints,
     };
     let control_task = tokio::spawn(control.run());
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (status_tx, status_rx) = watch::channel(api::Status::default());
-    tokio::spawn(api::serve(api, status_rx, stop_tx.clone()));
+    let (ping_tx, ping_rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(api::serve(api, status_rx, stop_tx.clone(), ping_tx));
     tokio::spawn(async move {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -151,10 +195,37 @@ pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
         control: rx,
         coord_up: connected_rx,
         status: status_tx,
+        pings: ping_rx,
         shutdown: stop_rx,
         me,
     };
-    let result = dataplane::run(dev, udp, peers, wiring).await;
+    let result = match (dev, socks) {
+        (Some(dev), _) => dataplane::run(dev, udp, peers, wiring).await,
+        (None, socks) => {
+            let (core, stack) = crate::userspace::StackCore::new(
+                wiring.me.ipv4,
+                wiring.me.ipv6,
+                dataplane::MTU.into(),
+                std::time::Instant::now(),
+            );
+            let mut tasks = tokio::task::JoinSet::new();
+            if let Some(l) = socks {
+                let resolve = crate::userspace::netmap_resolver(wiring.control.clone());
+                tasks.spawn(crate::userspace::socks5::serve(l, stack.clone(), resolve));
+            }
+            for (mesh_port, local) in cfg.serve_tcp.clone() {
+                let stack = stack.clone();
+                tasks.spawn(async move {
+                    if let Err(e) = crate::userspace::serve_tcp(stack, mesh_port, local).await {
+                        warn!("--serve-tcp {mesh_port}: {e}");
+                    }
+                });
+            }
+            let r = crate::userspace::run(core, udp, peers, wiring).await;
+            tasks.abort_all();
+            r
+        }
+    };
     control_task.abort();
     let _ = std::fs::remove_file(state_dir.join(api::SOCKET));
     info!("meshd stopped");

@@ -1,0 +1,302 @@
+//! Userspace networking (`meshd up --userspace`): no root, no TUN device. A smoltcp TCP/IP stack
+//! ([`stack`]) owns the node's mesh addresses; packets from peers go into it and its packets go
+//! out through the WireGuard core. Local programs reach peers through a SOCKS5 proxy on loopback
+//! ([`socks5`]); inbound TCP is accepted with [`Stack::listen`] (used by `--serve-tcp` here, and
+//! later by funnel/serve ingress).
+//!
+//! The driver has the shape of the TUN data plane (`daemon::dataplane`): one task owns the UDP
+//! socket, the [`Peers`] core and the stack, does a bounded batch of work per wake-up, and sleeps
+//! until a datagram, an application's request, the stack's next timer (smoltcp `poll_delay`) or
+//! the 100 ms WireGuard tick.
+
+pub mod device;
+pub mod handle;
+pub mod socks5;
+pub mod stack;
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::daemon::control_loop::ControlState;
+use crate::daemon::dataplane::{apply_netmap, snapshot, Wiring};
+use crate::wg::{Peers, Sink};
+use device::QueueDevice;
+pub use handle::{ConnReader, ConnWriter, Connection, Listener, Stack};
+pub use stack::StackCore;
+
+const BATCH: usize = 64;
+const TICK: Duration = Duration::from_millis(100);
+
+/// The core's output: datagrams to the UDP socket, packets into the stack's device.
+struct StackSink<'a> {
+    udp: &'a UdpSocket,
+    device: &'a mut QueueDevice,
+    dropped: u64,
+}
+
+impl Sink for StackSink<'_> {
+    fn send_udp(&mut self, to: SocketAddr, datagram: &[u8]) {
+        if !to.is_ipv4() || self.udp.try_send_to(datagram, to).is_err() {
+            self.dropped += 1;
+        }
+    }
+
+    fn deliver(&mut self, packet: &[u8]) {
+        self.device.push_rx(packet);
+    }
+}
+
+/// Runs the stack, its peers and their socket until `shutdown` fires or the node is revoked.
+pub async fn run(
+    mut core: StackCore,
+    udp: Arc<UdpSocket>,
+    mut peers: Peers,
+    wiring: Wiring,
+) -> io::Result<()> {
+    let Wiring {
+        mut control,
+        coord_up,
+        status,
+        mut shutdown,
+        me,
+        // Not yet in userspace mode: dropping the receiver makes the API say so.
+        pings: _,
+    } = wiring;
+    let wake = core.waker();
+    let mut ubuf = vec![0u8; 65_536];
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let initial = control.borrow_and_update().clone();
+    if let Some(ControlState::Netmap(map)) = initial {
+        apply_netmap(&mut peers, &map);
+    }
+    loop {
+        let now = Instant::now();
+        core.poll(now);
+        flush(&mut core, &mut peers, &udp, now);
+        let delay = if core.device.rx.is_empty() {
+            core.poll_delay(Instant::now())
+                .map_or(TICK, |d| d.min(TICK))
+        } else {
+            Duration::ZERO
+        };
+        tokio::select! {
+            r = udp.recv_from(&mut ubuf) => {
+                let (n, from) = r?;
+                let now = Instant::now();
+                let mut sink = StackSink { udp: &udp, device: &mut core.device, dropped: 0 };
+                peers.handle_datagram(from, &ubuf[..n], now, &mut sink);
+                for _ in 1..BATCH {
+                    match udp.try_recv_from(&mut ubuf) {
+                        Ok((n, from)) => peers.handle_datagram(from, &ubuf[..n], now, &mut sink),
+                        Err(_) => break,
+                    }
+                }
+            }
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(delay) => {}
+            _ = tick.tick() => {
+                let mut sink = StackSink { udp: &udp, device: &mut core.device, dropped: 0 };
+                peers.tick(Instant::now(), &mut sink);
+                status.send_replace(snapshot(&peers, &me, *coord_up.borrow()));
+            }
+            r = control.changed() => {
+                if r.is_err() {
+                    return Ok(());
+                }
+                let state = control.borrow_and_update().clone();
+                match state {
+                    Some(ControlState::Netmap(map)) => apply_netmap(&mut peers, &map),
+                    Some(ControlState::Revoked(_)) => return Ok(()),
+                    None => {}
+                }
+            }
+            _ = shutdown.changed() => return Ok(()),
+        }
+    }
+}
+
+/// Hands the stack's outgoing packets to the WireGuard core.
+fn flush(core: &mut StackCore, peers: &mut Peers, udp: &UdpSocket, now: Instant) {
+    let out = std::mem::take(&mut core.device.tx);
+    let mut sink = StackSink {
+        udp,
+        device: &mut core.device,
+        dropped: 0,
+    };
+    for p in &out {
+        peers.handle_outbound(p, now, &mut sink);
+    }
+}
+
+/// Resolves names against the latest netmap: a peer's name or fqdn (any case, trailing dot or
+/// not) to its IPv4 address.
+pub fn netmap_resolver(control: watch::Receiver<Option<ControlState>>) -> socks5::Resolver {
+    Arc::new(move |name: &str| {
+        let name = name.strip_suffix('.').unwrap_or(name);
+        if let Ok(ip) = name.parse::<IpAddr>() {
+            return Some(ip);
+        }
+        let state = control.borrow();
+        let Some(ControlState::Netmap(map)) = &*state else {
+            return None;
+        };
+        map.peers
+            .iter()
+            .find(|p| p.name.eq_ignore_ascii_case(name) || p.fqdn.eq_ignore_ascii_case(name))
+            .map(|p| IpAddr::V4(p.ipv4))
+    })
+}
+
+/// Copies bytes both ways between a mesh connection and a local TCP stream until both directions
+/// are finished. `early` is data the local side sent ahead (after a SOCKS request). A FIN on one
+/// side becomes a FIN on the other; a reset on either side resets the other.
+pub async fn splice(conn: Connection, mut tcp: TcpStream, early: Vec<u8>) -> io::Result<()> {
+    let Connection {
+        mut reader,
+        mut writer,
+        ..
+    } = conn;
+    let _ = tcp.set_nodelay(true);
+    let (mut r, mut w) = tcp.split();
+    let up = async {
+        if !early.is_empty() {
+            writer.send(early.into()).await?;
+        }
+        let mut buf = BytesMut::with_capacity(stack::CHUNK);
+        loop {
+            buf.reserve(stack::CHUNK);
+            match r.read_buf(&mut buf).await {
+                Ok(0) => return Ok(()), // dropping `writer` sends FIN
+                Ok(_) => writer.send(buf.split().freeze()).await?,
+                Err(e) => {
+                    writer.reset().await;
+                    return Err(e);
+                }
+            }
+        }
+    };
+    let down = async {
+        while let Some(chunk) = reader.recv().await {
+            w.write_all(&chunk?).await?;
+        }
+        w.shutdown().await
+    };
+    let (up, down) = {
+        tokio::pin!(up, down);
+        let (mut up_res, mut down_res) = (None, None);
+        while up_res.is_none() || down_res.is_none() {
+            tokio::select! {
+                r = &mut up, if up_res.is_none() => up_res = Some(r),
+                r = &mut down, if down_res.is_none() => {
+                    let failed = r.is_err();
+                    down_res = Some(r);
+                    // The peer is gone: stop reading from the local side too.
+                    if failed {
+                        break;
+                    }
+                }
+            }
+        }
+        (up_res.unwrap_or(Ok(())), down_res.unwrap_or(Ok(())))
+    };
+    if let Err(e) = &down {
+        if e.kind() == io::ErrorKind::ConnectionReset {
+            // Pass the peer's reset on: closing with linger 0 sends RST.
+            #[allow(deprecated)]
+            let _ = tcp.set_linger(Some(Duration::ZERO));
+        }
+    }
+    down.and(up)
+}
+
+/// `--serve-tcp MESHPORT:LOCAL`: connections to the node's mesh port are forwarded to a local
+/// TCP address (e.g. a service on 127.0.0.1). Runs until the stack stops.
+pub async fn serve_tcp(stack: Stack, mesh_port: u16, local: SocketAddr) -> io::Result<()> {
+    let mut listener = stack.listen(mesh_port).await?;
+    info!(mesh_port, %local, "forwarding mesh TCP port to a local address");
+    while let Some(conn) = listener.accept().await {
+        tokio::spawn(async move {
+            let remote = conn.remote;
+            match tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(local)).await {
+                Ok(Ok(tcp)) => {
+                    if let Err(e) = splice(conn, tcp, vec![]).await {
+                        debug!(%remote, "serve-tcp: {e}");
+                    }
+                }
+                Ok(Err(e)) => {
+                    warn!(%local, "serve-tcp: local service: {e}");
+                    conn.writer.reset().await;
+                }
+                Err(_) => {
+                    warn!(%local, "serve-tcp: local service did not answer");
+                    conn.writer.reset().await;
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Parses `--serve-tcp MESHPORT:HOST:PORT` (e.g. `8080:127.0.0.1:8000`).
+pub fn parse_serve_tcp(s: &str) -> Result<(u16, SocketAddr), String> {
+    let (port, local) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?}: expected MESHPORT:HOST:PORT"))?;
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("{port:?} is not a port"))?;
+    let local: SocketAddr = local
+        .parse()
+        .map_err(|_| format!("{local:?} is not an address like 127.0.0.1:8000"))?;
+    Ok((port, local))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serve_tcp_flags() {
+        assert_eq!(
+            parse_serve_tcp("8080:127.0.0.1:8000").unwrap(),
+            (8080, "127.0.0.1:8000".parse().unwrap())
+        );
+        assert_eq!(
+            parse_serve_tcp("80:[::1]:3000").unwrap(),
+            (80, "[::1]:3000".parse().unwrap())
+        );
+        assert!(parse_serve_tcp("0:127.0.0.1:1").is_err());
+        assert!(parse_serve_tcp("8080").is_err());
+        assert!(parse_serve_tcp("x:127.0.0.1:1").is_err());
+        assert!(parse_serve_tcp("1:localhost:1").is_err());
+    }
+
+    #[test]
+    fn endpoint_flags() {
+        use crate::daemon::parse_endpoint;
+        assert_eq!(
+            parse_endpoint("127.0.0.1").unwrap(),
+            ("127.0.0.1".parse().unwrap(), None)
+        );
+        assert_eq!(
+            parse_endpoint("192.0.2.7:41641").unwrap(),
+            ("192.0.2.7".parse().unwrap(), Some(41641))
+        );
+        assert_eq!(
+            parse_endpoint("[2001:db8::1]:1").unwrap(),
+            ("2001:db8::1".parse().unwrap(), Some(1))
+        );
+        assert!(parse_endpoint("example.com:1").is_err());
+    }
+}

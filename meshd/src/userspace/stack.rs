@@ -1,0 +1,533 @@
+//! The userspace TCP/IP stack: a smoltcp interface that owns the node's two mesh addresses, its
+//! TCP sockets, and the hand-off between those sockets and the tasks that use them.
+//!
+//! [`StackCore`] is owned by the driver task and never blocks: the driver calls
+//! [`StackCore::poll`] after feeding packets into its device, then drains the device's output
+//! into the WireGuard core. Applications use the handles in [`super::handle`]; the core moves
+//! bytes between a connection's channels and its smoltcp socket only while there is room on the
+//! other side, so a slow reader closes the TCP window (backpressure). Dropping the writer half
+//! sends FIN (half-close); a reset from the peer reaches the reader as an error.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf as _, Bytes};
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::socket::tcp;
+use smoltcp::wire::{HardwareAddress, IpCidr};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tracing::{debug, trace};
+
+use super::device::QueueDevice;
+use super::handle::{Command, ConnReader, ConnWriter, Connection, Stack, ToStack, BACKLOG};
+
+/// Per-socket TCP buffers each way; large enough for window scaling to matter on a LAN.
+const SOCKET_BUFFER: usize = 256 * 1024;
+/// Largest chunk handed across a connection's channels.
+pub const CHUNK: usize = 16 * 1024;
+/// Chunks queued in each direction of a connection's channels.
+const CHANNEL: usize = 8;
+/// Commands taken per wake-up.
+const BATCH: usize = 64;
+/// Unacknowledged data (or an unanswered SYN) for this long resets the connection.
+const TCP_TIMEOUT: Duration = Duration::from_secs(60);
+/// A socket whose application side is gone is aborted after this long if it has not closed.
+const ORPHAN_LINGER: Duration = Duration::from_secs(60);
+const EPHEMERAL: std::ops::RangeInclusive<u16> = 49152..=65535;
+
+#[derive(Debug)]
+enum Phase {
+    /// Our SYN is out; the caller waits on `reply`.
+    Connecting(oneshot::Sender<io::Result<Connection>>),
+    /// A SYN to a listening port; handed to the listener once established.
+    Accepting(u16),
+    Open,
+}
+
+#[derive(Debug)]
+struct Conn {
+    phase: Phase,
+    /// Toward the application; `None` once end of stream or an error was delivered.
+    to_app: Option<mpsc::Sender<io::Result<Bytes>>>,
+    /// From the application; `None` once it closed its half (FIN queued) or the peer's did.
+    from_app: Option<mpsc::Receiver<ToStack>>,
+    pending: Option<Bytes>,
+    orphaned_at: Option<Instant>,
+    finished: bool,
+}
+
+#[derive(Debug)]
+struct Listening {
+    accepted: mpsc::Sender<Connection>,
+    backlog: Vec<SocketHandle>,
+}
+
+/// The stack itself, owned by the driver task.
+pub struct StackCore {
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    /// The packet queues between smoltcp and the WireGuard core.
+    pub device: QueueDevice,
+    conns: HashMap<SocketHandle, Conn>,
+    listeners: HashMap<u16, Listening>,
+    cmds: mpsc::Receiver<Command>,
+    wake: Arc<Notify>,
+    epoch: Instant,
+    next_port: u16,
+}
+
+impl std::fmt::Debug for StackCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StackCore")
+            .field("conns", &self.conns.len())
+            .field("listeners", &self.listeners.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl StackCore {
+    /// A stack owning `ipv4` (in the mesh's /10) and `ipv6` (in its /48), with the given MTU.
+    pub fn new(ipv4: Ipv4Addr, ipv6: Ipv6Addr, mtu: usize, now: Instant) -> (Self, Stack) {
+        let mut device = QueueDevice::new(mtu);
+        let mut config = Config::new(HardwareAddress::Ip);
+        config.random_seed = rand::random();
+        let mut iface = Interface::new(config, &mut device, smoltcp::time::Instant::ZERO);
+        // The prefixes make every mesh address on-link: no gateway, no neighbour discovery.
+        iface.update_ip_addrs(|addrs| {
+            let _ = addrs.push(IpCidr::new(IpAddr::V4(ipv4).into(), 10));
+            let _ = addrs.push(IpCidr::new(IpAddr::V6(ipv6).into(), 48));
+        });
+        let (tx, cmds) = mpsc::channel(BATCH);
+        let wake = Arc::new(Notify::new());
+        let core = Self {
+            iface,
+            sockets: SocketSet::new(vec![]),
+            device,
+            conns: HashMap::new(),
+            listeners: HashMap::new(),
+            cmds,
+            wake: wake.clone(),
+            epoch: now,
+            next_port: *EPHEMERAL.start() + rand::random::<u16>() % 16000,
+        };
+        (core, Stack { cmds: tx, wake })
+    }
+
+    /// Notified whenever an application did something the driver should look at.
+    pub fn waker(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    fn ts(&self, now: Instant) -> smoltcp::time::Instant {
+        smoltcp::time::Instant::from_micros(
+            now.saturating_duration_since(self.epoch).as_micros() as i64
+        )
+    }
+
+    /// Runs the stack: takes new commands, processes queued packets, moves bytes between sockets
+    /// and connections, and queues what is to be sent in `device.tx`.
+    pub fn poll(&mut self, now: Instant) {
+        let ts = self.ts(now);
+        self.commands(now);
+        self.iface.poll(ts, &mut self.device, &mut self.sockets);
+        self.refill_listeners();
+        self.pump(now);
+        // Send what the pump just wrote (and the window updates for what it read).
+        self.iface.poll(ts, &mut self.device, &mut self.sockets);
+    }
+
+    /// How long until the stack's own timers (retransmission, keepalive, ...) need a poll.
+    pub fn poll_delay(&mut self, now: Instant) -> Option<Duration> {
+        let ts = self.ts(now);
+        self.iface
+            .poll_delay(ts, &self.sockets)
+            .map(|d| Duration::from_micros(d.total_micros()))
+    }
+
+    /// Open TCP sockets (connections and listening backlog).
+    pub fn socket_count(&self) -> usize {
+        self.sockets.iter().count()
+    }
+
+    fn new_socket() -> tcp::Socket<'static> {
+        let mut s = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; SOCKET_BUFFER]),
+            tcp::SocketBuffer::new(vec![0; SOCKET_BUFFER]),
+        );
+        // Delayed ACKs only slow a stack that talks to itself over a fast tunnel.
+        s.set_ack_delay(None);
+        s.set_nagle_enabled(false);
+        // Without congestion control smoltcp sends its whole window at once; a burst that
+        // overflows a UDP socket buffer on the way then costs a 1 s retransmission timeout.
+        s.set_congestion_control(tcp::CongestionControl::Cubic);
+        s.set_timeout(Some(TCP_TIMEOUT.into()));
+        s
+    }
+
+    fn commands(&mut self, now: Instant) {
+        for _ in 0..BATCH {
+            let Ok(cmd) = self.cmds.try_recv() else {
+                break;
+            };
+            match cmd {
+                Command::Connect { remote, reply } => self.start_connect(remote, reply, now),
+                Command::Listen {
+                    port,
+                    accepted,
+                    reply,
+                } => {
+                    let busy = self
+                        .listeners
+                        .get(&port)
+                        .is_some_and(|l| !l.accepted.is_closed());
+                    if busy || port == 0 {
+                        let _ = reply.send(Err(io::Error::new(
+                            io::ErrorKind::AddrInUse,
+                            format!("mesh port {port} is already being listened on"),
+                        )));
+                        continue;
+                    }
+                    self.drop_listener(port);
+                    self.listeners.insert(
+                        port,
+                        Listening {
+                            accepted,
+                            backlog: vec![],
+                        },
+                    );
+                    debug!(port, "listening on the mesh");
+                    let _ = reply.send(Ok(()));
+                }
+            }
+        }
+        self.refill_listeners();
+    }
+
+    fn free_port(&mut self) -> u16 {
+        let used: std::collections::HashSet<u16> = self
+            .conns
+            .keys()
+            .filter_map(|h| self.sockets.get::<tcp::Socket<'_>>(*h).local_endpoint())
+            .map(|e| e.port)
+            .collect();
+        loop {
+            let p = self.next_port;
+            self.next_port = if p >= *EPHEMERAL.end() {
+                *EPHEMERAL.start()
+            } else {
+                p + 1
+            };
+            if !used.contains(&p) {
+                return p;
+            }
+        }
+    }
+
+    fn start_connect(
+        &mut self,
+        remote: SocketAddr,
+        reply: oneshot::Sender<io::Result<Connection>>,
+        _now: Instant,
+    ) {
+        let on_mesh = self
+            .iface
+            .ip_addrs()
+            .iter()
+            .any(|c| c.contains_addr(&remote.ip().into()));
+        if !on_mesh {
+            let _ = reply.send(Err(io::Error::new(
+                io::ErrorKind::AddrNotAvailable,
+                format!("{} is not a mesh address", remote.ip()),
+            )));
+            return;
+        }
+        let port = self.free_port();
+        let mut sock = Self::new_socket();
+        if let Err(e) = sock.connect(self.iface.context(), remote, port) {
+            let _ = reply.send(Err(io::Error::new(
+                io::ErrorKind::AddrNotAvailable,
+                format!("cannot connect to {remote}: {e}"),
+            )));
+            return;
+        }
+        let h = self.sockets.add(sock);
+        trace!(%remote, port, "connecting");
+        self.conns.insert(
+            h,
+            Conn {
+                phase: Phase::Connecting(reply),
+                to_app: None,
+                from_app: None,
+                pending: None,
+                orphaned_at: None,
+                finished: false,
+            },
+        );
+    }
+
+    fn drop_listener(&mut self, port: u16) {
+        if let Some(l) = self.listeners.remove(&port) {
+            for h in l.backlog {
+                self.sockets.remove(h);
+            }
+            debug!(port, "stopped listening on the mesh");
+        }
+    }
+
+    /// Keeps `BACKLOG` sockets listening on every port; sockets that took a SYN become
+    /// connections being accepted.
+    fn refill_listeners(&mut self) {
+        let closed: Vec<u16> = self
+            .listeners
+            .iter()
+            .filter(|(_, l)| l.accepted.is_closed())
+            .map(|(p, _)| *p)
+            .collect();
+        for port in closed {
+            self.drop_listener(port);
+        }
+        for (port, l) in &mut self.listeners {
+            let mut i = 0;
+            while i < l.backlog.len() {
+                let h = l.backlog[i];
+                if self.sockets.get::<tcp::Socket<'_>>(h).state() == tcp::State::Listen {
+                    i += 1;
+                    continue;
+                }
+                l.backlog.swap_remove(i);
+                self.conns.insert(
+                    h,
+                    Conn {
+                        phase: Phase::Accepting(*port),
+                        to_app: None,
+                        from_app: None,
+                        pending: None,
+                        orphaned_at: None,
+                        finished: false,
+                    },
+                );
+            }
+            while l.backlog.len() < BACKLOG {
+                let mut s = Self::new_socket();
+                if s.listen(*port).is_err() {
+                    break;
+                }
+                l.backlog.push(self.sockets.add(s));
+            }
+        }
+    }
+
+    /// Moves bytes and state between every socket and its application side.
+    fn pump(&mut self, now: Instant) {
+        let mut remove = vec![];
+        for (h, conn) in &mut self.conns {
+            // Finished last round: the interface has since sent its last segment (an RST after
+            // `abort`, say), so the socket can go.
+            if conn.finished {
+                remove.push(*h);
+                continue;
+            }
+            let sock = self.sockets.get_mut::<tcp::Socket<'_>>(*h);
+            if !Self::pump_one(sock, conn, &self.listeners, &self.wake, now) {
+                conn.finished = true;
+            }
+        }
+        for h in remove {
+            self.conns.remove(&h);
+            self.sockets.remove(h);
+        }
+    }
+
+    /// One connection; false when it is finished and its socket can go.
+    fn pump_one(
+        sock: &mut tcp::Socket<'_>,
+        conn: &mut Conn,
+        listeners: &HashMap<u16, Listening>,
+        wake: &Arc<Notify>,
+        now: Instant,
+    ) -> bool {
+        use tcp::State;
+        let state = sock.state();
+        let opened = !matches!(
+            state,
+            State::Closed | State::Listen | State::SynSent | State::SynReceived
+        );
+        match std::mem::replace(&mut conn.phase, Phase::Open) {
+            Phase::Connecting(reply) => {
+                if state == State::Closed {
+                    let _ = reply.send(Err(io::Error::new(
+                        io::ErrorKind::ConnectionRefused,
+                        "connection refused (or no answer)",
+                    )));
+                    return false;
+                }
+                if !opened {
+                    if reply.is_closed() {
+                        sock.abort();
+                        return false;
+                    }
+                    conn.phase = Phase::Connecting(reply);
+                    return true;
+                }
+                let c = Self::open(sock, conn, wake);
+                if let Err(Ok(_)) = reply.send(Ok(c)) {
+                    sock.abort();
+                    return false;
+                }
+            }
+            Phase::Accepting(port) => {
+                if matches!(state, State::Closed | State::Listen) {
+                    return false;
+                }
+                if !opened {
+                    conn.phase = Phase::Accepting(port);
+                    return true;
+                }
+                let c = Self::open(sock, conn, wake);
+                let Some(l) = listeners.get(&port) else {
+                    sock.abort();
+                    return false;
+                };
+                if l.accepted.try_send(c).is_err() {
+                    debug!(port, "listener not keeping up: connection reset");
+                    sock.abort();
+                    return false;
+                }
+            }
+            Phase::Open => {}
+        }
+        Self::pump_open(sock, conn, now)
+    }
+
+    fn open(sock: &tcp::Socket<'_>, conn: &mut Conn, wake: &Arc<Notify>) -> Connection {
+        let (to_app, rx) = mpsc::channel(CHANNEL);
+        let (tx, from_app) = mpsc::channel(CHANNEL);
+        conn.to_app = Some(to_app);
+        conn.from_app = Some(from_app);
+        let unspecified = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
+        Connection {
+            local: sock.local_endpoint().map_or(unspecified, Into::into),
+            remote: sock.remote_endpoint().map_or(unspecified, Into::into),
+            reader: ConnReader {
+                rx,
+                wake: wake.clone(),
+            },
+            writer: ConnWriter {
+                tx,
+                wake: wake.clone(),
+            },
+        }
+    }
+
+    fn pump_open(sock: &mut tcp::Socket<'_>, conn: &mut Conn, now: Instant) -> bool {
+        use tcp::State;
+        // Peer → application, only while the application has room (else the window closes).
+        if conn.to_app.as_ref().is_some_and(|t| t.is_closed()) {
+            conn.to_app = None;
+        }
+        loop {
+            if !sock.can_recv() {
+                break;
+            }
+            let Some(tx) = &conn.to_app else {
+                // Nobody reads any more: discard, so the peer is not stalled.
+                let _ = sock.recv(|b| (b.len(), ()));
+                break;
+            };
+            let Ok(permit) = tx.try_reserve() else {
+                break;
+            };
+            if let Ok(data) = sock.recv(|b| {
+                let n = b.len().min(CHUNK);
+                (n, Bytes::copy_from_slice(&b[..n]))
+            }) {
+                permit.send(Ok(data));
+            }
+        }
+        if let Some(tx) = &conn.to_app {
+            if !sock.can_recv() {
+                match sock.state() {
+                    // The peer sent FIN: end of stream.
+                    State::CloseWait | State::LastAck | State::Closing | State::TimeWait => {
+                        conn.to_app = None;
+                    }
+                    State::Closed => {
+                        let reset = io::Error::new(
+                            io::ErrorKind::ConnectionReset,
+                            "connection reset by the peer",
+                        );
+                        if tx.try_send(Err(reset)).is_ok() {
+                            conn.to_app = None;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        // Application → peer.
+        loop {
+            if conn.pending.is_none() {
+                let Some(rx) = conn.from_app.as_mut() else {
+                    break;
+                };
+                match rx.try_recv() {
+                    Ok(ToStack::Data(b)) => conn.pending = Some(b),
+                    Ok(ToStack::Reset) => {
+                        sock.abort();
+                        conn.from_app = None;
+                        conn.to_app = None;
+                        break;
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        // Half-close: FIN after what was written.
+                        conn.from_app = None;
+                        sock.close();
+                        break;
+                    }
+                }
+            }
+            if !sock.may_send() {
+                // Reset, or we already closed: the application's writes fail from now on.
+                conn.pending = None;
+                conn.from_app = None;
+                break;
+            }
+            let Some(p) = conn.pending.as_mut() else {
+                break;
+            };
+            match sock.send_slice(p) {
+                Ok(n) => p.advance(n),
+                Err(_) => break,
+            }
+            if p.is_empty() {
+                conn.pending = None;
+            } else {
+                break;
+            }
+        }
+        let app_gone = conn.to_app.is_none() && conn.from_app.is_none();
+        if !app_gone {
+            return true;
+        }
+        if matches!(sock.state(), State::Closed | State::TimeWait) {
+            return false;
+        }
+        if sock.may_send() {
+            sock.close();
+        }
+        let since = *conn.orphaned_at.get_or_insert(now);
+        if now.duration_since(since) > ORPHAN_LINGER {
+            sock.abort();
+            return false;
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+#[path = "stack_tests.rs"]
+pub(crate) mod tests;
