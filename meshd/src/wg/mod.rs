@@ -35,8 +35,9 @@ use crate::routes::RouteTable;
 
 /// Bytes WireGuard adds to every packet (header 16 + tag 16).
 pub const OVERHEAD: usize = 32;
-/// Handshake initiations accepted per second before cookies are required.
-const HANDSHAKE_RATE_LIMIT: u64 = 100;
+/// Handshake messages accepted per second before cookies are required. Each one is counted
+/// twice (our check before `peer_for`, then boringtun's inside `decapsulate`): 200 means 100.
+const HANDSHAKE_RATE_LIMIT: u64 = 200;
 /// Persistent keepalive, so NAT mappings stay open while a peer is idle.
 pub const KEEPALIVE_SECS: u16 = 25;
 
@@ -255,9 +256,23 @@ impl Peers {
         now: Instant,
         sink: &mut impl Sink,
     ) {
-        if Tunn::parse_incoming_packet(datagram).is_err() {
-            self.drops.invalid_datagram += 1;
-            return;
+        // The cheap checks first: mac1 (a keyed hash only someone who knows our public key can
+        // make) and, under load, a cookie round trip. Only a datagram that passes them may cost
+        // an X25519 to find its peer (`peer_for`). Garbage shaped like handshakes would
+        // otherwise burn a core.
+        match self
+            .rate_limiter
+            .verify_packet(Some(from.ip()), datagram, &mut self.buf)
+        {
+            Ok(_) => {}
+            Err(TunnResult::WriteToNetwork(cookie)) => {
+                sink.send_udp(from, cookie);
+                return;
+            }
+            Err(_) => {
+                self.drops.invalid_datagram += 1;
+                return;
+            }
         }
         let Some(idx) = self.peer_for(datagram) else {
             self.drops.unknown_peer += 1;
