@@ -287,7 +287,7 @@ impl Peers {
             self.drops.invalid_datagram += 1;
             return;
         }
-        match peer
+        let (pkt, src) = match peer
             .tunn
             .decapsulate(Some(from.ip()), datagram, &mut self.buf)
         {
@@ -307,43 +307,32 @@ impl Peers {
                 {
                     peer.send(out, sink);
                 }
+                return;
             }
-            TunnResult::WriteToTunnelV4(pkt, src) => {
-                let src = IpAddr::V4(src);
-                Self::inbound(
-                    &mut self.drops,
-                    &self.routes,
-                    &mut self.filter,
-                    idx,
-                    peer,
-                    from,
-                    src,
-                    now,
-                    sink,
-                    pkt,
-                );
+            TunnResult::WriteToTunnelV4(pkt, src) => (pkt, IpAddr::V4(src)),
+            TunnResult::WriteToTunnelV6(pkt, src) => (pkt, IpAddr::V6(src)),
+            TunnResult::Done => {
+                peer.roam(from);
+                return;
             }
-            TunnResult::WriteToTunnelV6(pkt, src) => {
-                let src = IpAddr::V6(src);
-                Self::inbound(
-                    &mut self.drops,
-                    &self.routes,
-                    &mut self.filter,
-                    idx,
-                    peer,
-                    from,
-                    src,
-                    now,
-                    sink,
-                    pkt,
-                );
-            }
-            TunnResult::Done => peer.roam(from),
             TunnResult::Err(e) => {
                 self.drops.invalid_datagram += 1;
                 debug!(peer = %peer.node.name, "decapsulate: {e:?}");
+                return;
             }
-        }
+        };
+        Self::inbound(
+            &mut self.drops,
+            &self.routes,
+            &mut self.filter,
+            idx,
+            peer,
+            from,
+            src,
+            now,
+            sink,
+            pkt,
+        );
     }
 
     /// A decrypted packet: allowed-IPs check, then the filter, then delivery.
