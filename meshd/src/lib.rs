@@ -6,6 +6,7 @@
 pub mod control;
 pub mod daemon;
 pub mod filter;
+pub(crate) mod netlink;
 pub mod packet;
 pub mod routes;
 pub mod userspace;

@@ -10,22 +10,25 @@ use std::time::Duration;
 use mesh::{Coord, Node};
 use netns_tests::{require_root, wait_until, Ipv4Net, Topology};
 
+/// Hosts named `names` on one bridge, at 203.0.113.10, .11, … in that order.
+fn hosts_on_lan(topo: &Topology, names: &[&str]) -> (Vec<netns_tests::Host>, netns_tests::Segment) {
+    let hosts: Vec<_> = names.iter().map(|h| topo.host(h).unwrap()).collect();
+    let members: Vec<(&netns_tests::Host, Ipv4Net, Option<netns_tests::Ipv6Net>)> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (h, format!("203.0.113.{}/24", 10 + i).parse().unwrap(), None))
+        .collect();
+    let lan = topo.bridge("lan", &members).unwrap();
+    (hosts, lan)
+}
+
 #[test]
 fn every_pair_of_nodes_pings_over_the_mesh() {
     if !require_root() {
         return;
     }
     let topo = Topology::new().unwrap();
-    let hosts: Vec<_> = ["coord", "n1", "n2", "n3"]
-        .iter()
-        .map(|h| topo.host(h).unwrap())
-        .collect();
-    let members: Vec<(&netns_tests::Host, Ipv4Net, Option<netns_tests::Ipv6Net>)> = hosts
-        .iter()
-        .enumerate()
-        .map(|(i, h)| (h, format!("203.0.113.{}/24", 10 + i).parse().unwrap(), None))
-        .collect();
-    let _lan = topo.bridge("lan", &members).unwrap();
+    let (hosts, _lan) = hosts_on_lan(&topo, &["coord", "n1", "n2", "n3"]);
 
     let coord = Coord::start(&hosts[0], 8443);
     let key = coord.authkey(&[]);
@@ -128,4 +131,80 @@ fn every_pair_of_nodes_pings_over_the_mesh() {
         .is_err());
     let (ok, text) = n1.cli(&["status"]);
     assert!(!ok && text.contains("meshd is not running"), "{text}");
+}
+
+/// Two nodes whose only working path to each other is IPv6: the control plane runs over IPv4,
+/// but every IPv4 datagram between the nodes' WireGuard ports is dropped by nftables. The mesh
+/// still carries traffic, and the peers' endpoints are IPv6 addresses.
+#[test]
+fn nodes_reach_each_other_over_an_ipv6_underlay() {
+    if !require_root() {
+        return;
+    }
+    let topo = Topology::new().unwrap();
+    let (hosts, _ctl) = hosts_on_lan(&topo, &["coord", "n1", "n2"]);
+    let wan: Vec<(&netns_tests::Host, Ipv4Net, Option<netns_tests::Ipv6Net>)> = hosts[1..]
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let v4 = format!("198.51.100.{}/24", 11 + i).parse().unwrap();
+            let v6 = format!("2001:db8:6::{}/64", 11 + i).parse().unwrap();
+            (h, v4, Some(v6))
+        })
+        .collect();
+    let _wan = topo.bridge("wan6", &wan).unwrap();
+    for h in &hosts[1..] {
+        let rules =
+            "table inet v4block {\n chain input {\n  type filter hook input priority 0;\n  \
+                     meta nfproto ipv4 udp dport 41641 counter drop\n }\n}\n";
+        h.run_with_input(
+            "nft",
+            &["-f", "-"],
+            Some(rules.as_bytes()),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    }
+
+    let coord = Coord::start(&hosts[0], 8443);
+    let key = coord.authkey(&[]);
+    let n1 = Node::up(&hosts[1], &coord, &key, "n1");
+    let n2 = Node::up(&hosts[2], &coord, &key, "n2");
+    for (from, to) in [(&hosts[1], &n2), (&hosts[2], &n1)] {
+        for addr in [&to.ipv4, &to.ipv6] {
+            wait_until(
+                &format!("ping {addr} over the IPv6 underlay"),
+                Duration::from_secs(20),
+                || {
+                    let out = from.output(
+                        "ping",
+                        &["-c", "1", "-W", "1", addr],
+                        Duration::from_secs(5),
+                    )?;
+                    Ok(out.status.success())
+                },
+            )
+            .unwrap_or_else(|e| panic!("{e}\n--- n1 ---\n{}", n1.process.stderr()));
+        }
+    }
+    wait_until(
+        "status shows the IPv6 endpoint",
+        Duration::from_secs(5),
+        || {
+            let s = n1.status();
+            Ok(s["peers"][0]["endpoint"].as_str() == Some("[2001:db8:6::12]:41641"))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}: {}", n1.status()));
+    // The IPv4 path really was closed: the blocked datagrams were counted.
+    let counters = hosts[2]
+        .run(
+            "nft",
+            &["list", "table", "inet", "v4block"],
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    assert!(!counters.contains("packets 0 "), "{counters}");
+    let (ok, text) = n1.cli(&["ping", "n2", "-c", "1"]);
+    assert!(ok && text.contains("via [2001:db8:6::12]:41641"), "{text}");
 }

@@ -1,6 +1,7 @@
 //! Userspace networking end to end, unprivileged, on loopback: the real `coord`, two
 //! `meshd up --userspace` nodes (no TUN, no root), a real HTTP server behind node B's
-//! `--serve-tcp`, and real `curl` through node A's SOCKS5 proxy, by mesh address and by name.
+//! `--serve-tcp`, and real `curl` through node A's SOCKS5 proxy, by mesh address and by name;
+//! and `meshd ping` between two such nodes.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -83,20 +84,96 @@ fn free_port() -> u16 {
         .port()
 }
 
-struct Node {
+/// A running coordinator and a reusable auth key for it.
+struct Coord {
     _proc: Proc,
     _dir: tempfile::TempDir,
+    url: String,
+    fingerprint: String,
+    authkey: String,
+}
+
+fn start_coord() -> Coord {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(binary("coord"));
+    cmd.arg("--state-dir")
+        .arg(dir.path())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("COORD_LOG", "warn");
+    let seen = std::cell::RefCell::new((None::<String>, None::<String>));
+    let (proc, _) = spawn_until(cmd, Duration::from_secs(30), |l| {
+        let mut s = seen.borrow_mut();
+        if let Some(a) = l.strip_prefix("coord listening on ") {
+            s.0 = Some(a.to_owned());
+        }
+        if let Some(f) = l.strip_prefix("TLS certificate fingerprint: ") {
+            s.1 = Some(f.to_owned());
+        }
+        s.0.is_some() && s.1.is_some()
+    });
+    let (url, fingerprint) = seen.into_inner();
+
+    let out = Command::new(binary("coord"))
+        .arg("--state-dir")
+        .arg(dir.path())
+        .args(["authkey", "create", "--reusable", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    Coord {
+        _proc: proc,
+        _dir: dir,
+        url: url.unwrap(),
+        fingerprint: fingerprint.unwrap(),
+        authkey: v["key"].as_str().unwrap().to_owned(),
+    }
+}
+
+struct Node {
+    _proc: Proc,
+    dir: tempfile::TempDir,
     fqdn: String,
     ipv4: String,
     ipv6: String,
+    udp_port: u16,
     socks: String,
 }
 
+impl Node {
+    /// Runs the `meshd` CLI against this node's state dir: (success, stdout and stderr).
+    fn cli(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new(binary("meshd"))
+            .arg("--state-dir")
+            .arg(self.dir.path())
+            .args(args)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+}
+
 /// `meshd up: nodeb.mesh.internal is 100.64.0.2 and fd..::2 in userspace (UDP port 1, SOCKS5 on
-/// 127.0.0.1:2)`
-fn parse_up(line: &str) -> (String, String, String, String) {
+/// 127.0.0.1:2)`: (fqdn, ipv4, ipv6, UDP port, SOCKS5 address).
+fn parse_up(line: &str) -> (String, String, String, u16, String) {
     let rest = line.strip_prefix("meshd up: ").unwrap();
     let words: Vec<&str> = rest.split_whitespace().collect();
+    let udp_port = rest
+        .split("UDP port ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .unwrap()
+        .parse()
+        .unwrap();
     let socks = rest
         .split("SOCKS5 on ")
         .nth(1)
@@ -107,11 +184,12 @@ fn parse_up(line: &str) -> (String, String, String, String) {
         words[0].to_owned(),
         words[2].to_owned(),
         words[4].to_owned(),
+        udp_port,
         socks,
     )
 }
 
-fn start_node(url: &str, fingerprint: &str, authkey: &str, name: &str, extra: &[&str]) -> Node {
+fn start_node(coord: &Coord, name: &str, extra: &[&str]) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(binary("meshd"));
     cmd.arg("--state-dir")
@@ -126,20 +204,26 @@ fn start_node(url: &str, fingerprint: &str, authkey: &str, name: &str, extra: &[
         ])
         // The machine may have no interface but loopback: advertise it explicitly.
         .args(["--endpoint", "127.0.0.1"])
-        .args(["--coord", url, "--coord-fingerprint", fingerprint])
-        .args(["--authkey", authkey, "--hostname", name])
+        .args([
+            "--coord",
+            &coord.url,
+            "--coord-fingerprint",
+            &coord.fingerprint,
+        ])
+        .args(["--authkey", &coord.authkey, "--hostname", name])
         .args(extra)
         .env("MESHD_LOG", "warn");
     let (proc, lines) = spawn_until(cmd, Duration::from_secs(30), |l| {
         l.starts_with("meshd up: ")
     });
-    let (fqdn, ipv4, ipv6, socks) = parse_up(lines.last().unwrap());
+    let (fqdn, ipv4, ipv6, udp_port, socks) = parse_up(lines.last().unwrap());
     Node {
         _proc: proc,
-        _dir: dir,
+        dir,
         fqdn,
         ipv4,
         ipv6,
+        udp_port,
         socks,
     }
 }
@@ -183,39 +267,7 @@ fn wait_listening(port: u16) {
 
 #[test]
 fn curl_through_socks5_to_a_peer_served_by_its_userspace_stack() {
-    let coord_dir = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(binary("coord"));
-    cmd.arg("--state-dir")
-        .arg(coord_dir.path())
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("COORD_LOG", "warn");
-    let seen = std::cell::RefCell::new((None::<String>, None::<String>));
-    let (_coord, _) = spawn_until(cmd, Duration::from_secs(30), |l| {
-        let mut s = seen.borrow_mut();
-        if let Some(a) = l.strip_prefix("coord listening on ") {
-            s.0 = Some(a.to_owned());
-        }
-        if let Some(f) = l.strip_prefix("TLS certificate fingerprint: ") {
-            s.1 = Some(f.to_owned());
-        }
-        s.0.is_some() && s.1.is_some()
-    });
-    let (url, fingerprint) = seen.into_inner();
-    let (url, fingerprint) = (url.unwrap(), fingerprint.unwrap());
-
-    let out = Command::new(binary("coord"))
-        .arg("--state-dir")
-        .arg(coord_dir.path())
-        .args(["authkey", "create", "--reusable", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let authkey = v["key"].as_str().unwrap().to_owned();
+    let coord = start_coord();
 
     // The service on B's loopback, reachable from the mesh only through B's --serve-tcp.
     let www = tempfile::tempdir().unwrap();
@@ -234,14 +286,8 @@ fn curl_through_socks5_to_a_peer_served_by_its_userspace_stack() {
     wait_listening(http_port);
 
     let forward = format!("8080:127.0.0.1:{http_port}");
-    let b = start_node(
-        &url,
-        &fingerprint,
-        &authkey,
-        "nodeb",
-        &["--serve-tcp", &forward],
-    );
-    let a = start_node(&url, &fingerprint, &authkey, "nodea", &[]);
+    let b = start_node(&coord, "nodeb", &["--serve-tcp", &forward]);
+    let a = start_node(&coord, "nodea", &[]);
     assert_ne!(a.ipv4, b.ipv4);
 
     // By mesh IPv4 address (the first request also waits for the handshake).
@@ -279,4 +325,59 @@ fn curl_through_socks5_to_a_peer_served_by_its_userspace_stack() {
     // And A's own SOCKS proxy keeps working after those failures.
     let (ok, body, _) = curl(&a.socks, &format!("http://{}:8080/", b.fqdn));
     assert!(ok && body == "hello from node b\n");
+}
+
+/// `meshd ping` between two userspace nodes: by name, fqdn and IPv6 address, each way. The answer
+/// is the peer's own (its driver answers echo requests, as a kernel does in TUN mode), with the
+/// RTT and the peer's endpoint, as `meshd ping` prints in TUN mode (netns-tests `mesh_ping`).
+#[test]
+fn meshd_ping_between_userspace_nodes() {
+    let coord = start_coord();
+    let b = start_node(&coord, "pingb", &[]);
+    let a = start_node(&coord, "pinga", &[]);
+
+    // The first pings wait for the netmap and the handshake: retry, bounded.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, text) = a.cli(&["ping", "pingb", "-c", "1"]);
+        if ok {
+            break;
+        }
+        assert!(Instant::now() < deadline, "meshd ping kept failing: {text}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Status (and so the endpoint `meshd ping` shows) is refreshed on the 100 ms tick.
+    std::thread::sleep(Duration::from_millis(300));
+    let (ok, text) = a.cli(&["ping", "pingb", "-c", "2"]);
+    assert!(ok, "{text}");
+    assert_eq!(
+        text.matches(&format!(
+            "pong from pingb ({}) via 127.0.0.1:{} in ",
+            b.ipv4, b.udp_port
+        ))
+        .count(),
+        2,
+        "{text}"
+    );
+    assert!(text.contains(" ms"), "{text}");
+    let (ok, text) = a.cli(&["ping", &b.ipv6, "-c", "1"]);
+    assert!(
+        ok && text.contains(&format!("pong from pingb ({})", b.ipv6)),
+        "{text}"
+    );
+    let (ok, text) = b.cli(&["ping", &a.fqdn, "-c", "1"]);
+    assert!(
+        ok && text.contains(&format!(
+            "pong from pinga ({}) via 127.0.0.1:{}",
+            a.ipv4, a.udp_port
+        )),
+        "{text}"
+    );
+
+    // A name that is no peer is a clear error, not a timeout.
+    let (ok, text) = a.cli(&["ping", "nobody", "-c", "1"]);
+    assert!(!ok && text.contains("no peer named"), "{text}");
+    // Nor is the node's own name a peer.
+    let (ok, text) = a.cli(&["ping", "pinga", "-c", "1"]);
+    assert!(!ok && text.contains("no peer named"), "{text}");
 }

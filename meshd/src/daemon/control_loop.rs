@@ -3,7 +3,7 @@
 //! (1 s doubling to 30 s, with jitter) when the coordinator goes away. The data plane keeps
 //! running on the last netmap meanwhile.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +37,9 @@ pub struct ControlLoop {
     pub listen_port: u16,
     /// Reported besides the local interface addresses (`--endpoint`).
     pub extra_endpoints: Vec<SocketAddr>,
+    /// Our mesh IPv6 address, whose /48 is never an endpoint; `None` when the UDP socket has no
+    /// IPv6 (then no IPv6 endpoint is reported).
+    pub ipv6_underlay: Option<Ipv6Addr>,
 }
 
 impl ControlLoop {
@@ -81,7 +84,7 @@ impl ControlLoop {
         if let Err(e) = self
             .client
             .set_endpoints(with_extra(
-                local_endpoints(self.listen_port),
+                local_endpoints(self.listen_port, self.ipv6_underlay),
                 &self.extra_endpoints,
             ))
             .await
@@ -145,28 +148,85 @@ fn with_extra(found: Vec<SocketAddr>, extra: &[SocketAddr]) -> Vec<SocketAddr> {
     out
 }
 
+/// Whether a local address can be offered to peers (see [`local_endpoints`]).
+fn usable_endpoint(ip: IpAddr, ipv6_underlay: Option<Ipv6Addr>) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            let mesh = o[0] == 100 && (64..128).contains(&o[1]);
+            !(v4.is_loopback() || v4.is_link_local() || v4.is_unspecified() || mesh)
+        }
+        IpAddr::V6(v6) => ipv6_underlay.is_some_and(|mesh| {
+            let link_local = (v6.segments()[0] & 0xffc0) == 0xfe80;
+            let in_mesh = v6.octets()[..6] == mesh.octets()[..6];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || link_local
+                || in_mesh
+                || v6.to_ipv4_mapped().is_some())
+        }),
+    }
+}
+
 /// The UDP endpoints peers may reach us on: every non-loopback, non-link-local, non-mesh address
-/// of this host with our port.
-pub fn local_endpoints(port: u16) -> Vec<SocketAddr> {
+/// of this host with our port; IPv6 ones only when `ipv6_underlay` gives our mesh address (the
+/// mesh's /48 is left out).
+pub fn local_endpoints(port: u16, ipv6_underlay: Option<Ipv6Addr>) -> Vec<SocketAddr> {
     let Ok(ifaces) = if_addrs::get_if_addrs() else {
         return vec![];
     };
     let mut out: Vec<SocketAddr> = ifaces
         .iter()
         .map(|i| i.ip())
-        .filter(|ip| match ip {
-            IpAddr::V4(v4) => {
-                let o = v4.octets();
-                let mesh = o[0] == 100 && (64..128).contains(&o[1]);
-                !(v4.is_loopback() || v4.is_link_local() || v4.is_unspecified() || mesh)
-            }
-            // The data plane's socket is IPv4 for now.
-            IpAddr::V6(_) => false,
-        })
+        .filter(|ip| usable_endpoint(*ip, ipv6_underlay))
         .map(|ip| SocketAddr::new(ip, port))
         .collect();
     out.sort();
     out.dedup();
     out.truncate(proto::node::MAX_ENDPOINTS);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse()
+            .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+    }
+
+    #[test]
+    fn endpoints_leave_out_loopback_link_local_and_the_mesh() {
+        let mesh: Ipv6Addr = "fd7a:1111:2222::5".parse().unwrap_or(Ipv6Addr::UNSPECIFIED);
+        let v6 = Some(mesh);
+        for ok in [
+            "192.0.2.7",
+            "10.1.2.3",
+            "2001:db8::1",
+            "fd00:1::2",
+            "fd7a:1111:2223::1",
+        ] {
+            assert!(usable_endpoint(ip(ok), v6), "{ok}");
+        }
+        for no in [
+            "127.0.0.1",
+            "169.254.1.1",
+            "0.0.0.0",
+            "100.64.0.9",
+            "100.127.255.1",
+            "::1",
+            "::",
+            "fe80::1",
+            "ff02::1",
+            "::ffff:192.0.2.7",
+            "fd7a:1111:2222:1::9",
+        ] {
+            assert!(!usable_endpoint(ip(no), v6), "{no}");
+        }
+        // Without IPv6 on the socket, no IPv6 endpoint at all.
+        assert!(!usable_endpoint(ip("2001:db8::1"), None));
+        assert!(usable_endpoint(ip("100.128.0.1"), None));
+    }
 }

@@ -1,51 +1,100 @@
 //! The data-plane driver in TUN mode: one task owns the UDP socket, the TUN device and the
-//! [`Peers`] core, and feeds the core from whichever is ready, with a bounded batch per wake-up,
-//! timers every 100 ms, and netmap updates as they come.
+//! [`Peers`] core, and feeds the core from whichever is ready, timers every 100 ms, and netmap
+//! updates as they come. I/O is batched both ways: the TUN device hands over TCP segments up to
+//! 64 KiB (offload), split here into packets; encrypted datagrams leave in runs through UDP
+//! segmentation offload; datagrams arrive by `recvmmsg` with receive offload, and decrypted TCP
+//! segments are merged again before they are written to the device.
 
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
-use tun_rs::AsyncDevice;
+use tun_rs::{AsyncDevice, GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
 use super::api::{DropCounts, PeerStatus, Status};
 use super::control_loop::ControlState;
+use super::outbox::Outbox;
 use super::ping::{self, PingRequest, Pings};
+use super::udp::{RecvBufs, Udp};
 use crate::wg::{Peers, Sink};
 
-/// Packets handled per source before the loop looks at the others.
-const BATCH: usize = 64;
+/// Reads from one source before the loop looks at the others.
+const ROUNDS: usize = 8;
 const TICK: Duration = Duration::from_millis(100);
 /// MTU of the mesh interface: 1500 minus IPv6 (40), UDP (8) and WireGuard (32) overhead.
 pub const MTU: u16 = 1420;
+/// Room in front of each packet written to the device for its offload header.
+const TUN_OFFSET: usize = VIRTIO_NET_HDR_LEN;
 
-/// Writes the core's output with non-blocking calls; a full socket or device drops the packet
-/// (as a congested link would) and counts it.
-struct IoSink<'a> {
-    udp: &'a UdpSocket,
-    dev: &'a AsyncDevice,
+/// Collects the core's output for the batched writes that follow each round.
+struct IoSink {
+    outbox: Outbox,
+    /// Decrypted packets for the device, each after `TUN_OFFSET` bytes; `tun_len` are in use.
+    tun: Vec<Vec<u8>>,
+    tun_len: usize,
+    gro: GROTable,
     dropped: u64,
     /// `meshd ping`'s replies are taken out here, before the host sees them.
     pings: Pings,
 }
 
-impl Sink for IoSink<'_> {
-    fn send_udp(&mut self, to: SocketAddr, datagram: &[u8]) {
-        if !to.is_ipv4() || self.udp.try_send_to(datagram, to).is_err() {
-            self.dropped += 1;
-        }
+impl Sink for IoSink {
+    fn send_udp(&mut self, to: std::net::SocketAddr, datagram: &[u8]) {
+        self.outbox.push(to, datagram);
     }
 
     fn deliver(&mut self, packet: &[u8]) {
         if self.pings.intercept(packet, Instant::now()) {
             return;
         }
-        if self.dev.try_send(packet).is_err() {
-            self.dropped += 1;
+        if self.tun_len == self.tun.len() {
+            self.tun
+                .push(Vec::with_capacity(TUN_OFFSET + usize::from(MTU)));
+        }
+        let b = &mut self.tun[self.tun_len];
+        b.clear();
+        b.resize(TUN_OFFSET, 0);
+        b.extend_from_slice(packet);
+        self.tun_len += 1;
+    }
+}
+
+impl IoSink {
+    /// Writes what the last round produced: datagrams first, then packets to the host.
+    async fn flush(&mut self, udp: &Udp, dev: &AsyncDevice) {
+        if !self.outbox.is_empty() {
+            self.dropped += udp.send_all(&mut self.outbox).await;
+        }
+        if self.tun_len > 0 {
+            let n = self.tun_len;
+            self.tun_len = 0;
+            if dev
+                .send_multiple(&mut self.gro, &mut self.tun[..n], TUN_OFFSET)
+                .await
+                .is_err()
+            {
+                self.dropped += 1;
+            }
+        }
+    }
+}
+
+/// Buffers for reading the device: the raw read (offload header and up to 64 KiB of segment)
+/// and the packets it splits into.
+struct TunRead {
+    raw: Vec<u8>,
+    bufs: Vec<Vec<u8>>,
+    sizes: Vec<usize>,
+}
+
+impl TunRead {
+    fn new() -> Self {
+        Self {
+            raw: vec![0; VIRTIO_NET_HDR_LEN + 65_535],
+            bufs: vec![vec![0; usize::from(MTU) + 100]; IDEAL_BATCH_SIZE],
+            sizes: vec![0; IDEAL_BATCH_SIZE],
         }
     }
 }
@@ -66,7 +115,7 @@ pub struct Wiring {
 /// Runs until `shutdown` fires or the node is revoked.
 pub async fn run(
     dev: Arc<AsyncDevice>,
-    udp: Arc<UdpSocket>,
+    udp: Arc<Udp>,
     mut peers: Peers,
     wiring: Wiring,
 ) -> io::Result<()> {
@@ -79,13 +128,15 @@ pub async fn run(
         pings: mut ping_rx,
     } = wiring;
     let mut netmap_peers: Vec<proto::Node> = Vec::new();
-    let mut ubuf = vec![0u8; 65_536];
-    let mut tbuf = vec![0u8; 65_536];
+    let mut urecv = RecvBufs::default();
+    let mut tread = TunRead::new();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sink = IoSink {
-        udp: &udp,
-        dev: &dev,
+        outbox: Outbox::default(),
+        tun: Vec::new(),
+        tun_len: 0,
+        gro: GROTable::new(),
         dropped: 0,
         pings: Pings::default(),
     };
@@ -111,26 +162,37 @@ pub async fn run(
                     }
                 }
             }
-            r = udp.recv_from(&mut ubuf) => {
-                let (n, from) = r?;
-                let now = Instant::now();
-                peers.handle_datagram(from, &ubuf[..n], now, &mut sink);
-                for _ in 1..BATCH {
-                    match udp.try_recv_from(&mut ubuf) {
-                        Ok((n, from)) => peers.handle_datagram(from, &ubuf[..n], now, &mut sink),
-                        Err(_) => break,
+            r = udp.readable() => {
+                r?;
+                for _ in 0..ROUNDS {
+                    match udp.try_recv(&mut urecv) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        // An ICMP error for an earlier send, say: not fatal.
+                        Err(_) => continue,
                     }
+                    let now = Instant::now();
+                    for (from, d) in urecv.datagrams() {
+                        peers.handle_datagram(from, d, now, &mut sink);
+                    }
+                    sink.flush(&udp, &dev).await;
                 }
             }
-            r = dev.recv(&mut tbuf) => {
-                let n = r?;
-                let now = Instant::now();
-                peers.handle_outbound(&tbuf[..n], now, &mut sink);
-                for _ in 1..BATCH {
-                    match dev.try_recv(&mut tbuf) {
-                        Ok(n) => peers.handle_outbound(&tbuf[..n], now, &mut sink),
-                        Err(_) => break,
+            r = dev.readable() => {
+                r?;
+                for _ in 0..ROUNDS {
+                    let TunRead { raw, bufs, sizes } = &mut tread;
+                    let n = match dev.try_recv_multiple(raw, bufs, sizes, 0) {
+                        Ok(n) => n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        // A segment the splitter refuses: dropped, like any bad packet.
+                        Err(_) => { sink.dropped += 1; continue }
+                    };
+                    let now = Instant::now();
+                    for (b, len) in bufs.iter().zip(sizes.iter()).take(n) {
+                        peers.handle_outbound(&b[..*len], now, &mut sink);
                     }
+                    sink.flush(&udp, &dev).await;
                 }
             }
             _ = tick.tick() => {
@@ -147,6 +209,7 @@ pub async fn run(
                 match state {
                     Some(ControlState::Netmap(map)) => {
                         apply_netmap(&mut peers, &map);
+                        peers.replay_pending(Instant::now(), &mut sink);
                         netmap_peers = map.peers;
                     }
                     Some(ControlState::Revoked(_)) => return Ok(()),
@@ -155,6 +218,7 @@ pub async fn run(
             }
             _ = shutdown.changed() => return Ok(()),
         }
+        sink.flush(&udp, &dev).await;
     }
 }
 

@@ -7,15 +7,16 @@
 pub mod api;
 pub mod control_loop;
 pub mod dataplane;
+mod outbox;
 pub mod ping;
 pub mod state;
+pub mod udp;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
-use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -131,11 +132,10 @@ pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
         Some(Arc::new(create_tun(&cfg.tun_name, &me)?))
     };
     let udp = Arc::new(
-        UdpSocket::bind((Ipv4Addr::UNSPECIFIED, cfg.listen_port))
-            .await
+        udp::Udp::bind(cfg.listen_port)
             .with_context(|| format!("binding UDP port {}", cfg.listen_port))?,
     );
-    let port = udp.local_addr()?.port();
+    let port = udp.local_port()?;
     let socks = if cfg.userspace {
         let l = tokio::net::TcpListener::bind(cfg.socks5)
             .await
@@ -171,6 +171,7 @@ pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
         connected: connected_tx,
         listen_port: port,
         extra_endpoints,
+        ipv6_underlay: udp.ipv6().then_some(me.ipv6),
     };
     let control_task = tokio::spawn(control.run());
 
@@ -233,21 +234,41 @@ pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
 }
 
 fn create_tun(name: &str, me: &proto::Node) -> anyhow::Result<tun_rs::AsyncDevice> {
-    let dev = tun_rs::DeviceBuilder::new()
-        .name(name)
-        // The prefix lengths give the kernel the routes for the whole mesh through the device.
-        .ipv4(me.ipv4, 10u8, None)
-        .ipv6(me.ipv6, 48u8)
-        .mtu(dataplane::MTU)
-        .build_async();
-    match dev {
-        Ok(d) => Ok(d),
-        Err(e)
-            if matches!(e.kind(), std::io::ErrorKind::PermissionDenied)
-                || e.raw_os_error() == Some(1) =>
-        {
+    let build = |offload: bool| {
+        tun_rs::DeviceBuilder::new()
+            .name(name)
+            .mtu(dataplane::MTU)
+            // Segments up to 64 KiB from the kernel's TCP, and merged segments back to it.
+            .offload(offload)
+            .build_async()
+    };
+    let dev = match build(true) {
+        Err(e) if !denied(&e) => {
+            warn!("TUN offload unavailable ({e}); one packet per read and write");
+            build(false)
+        }
+        r => r,
+    };
+    let dev = match dev {
+        Ok(d) => d,
+        Err(e) if denied(&e) => {
             bail!("no permission to create a TUN device ({e}): run as root, or use --userspace")
         }
-        Err(e) => Err(e).with_context(|| format!("creating TUN device {name}")),
+        Err(e) => return Err(e).with_context(|| format!("creating TUN device {name}")),
+    };
+    // The prefix lengths give the kernel the routes for the whole mesh through the device.
+    let index = dev.if_index().context("TUN device index")?;
+    for net in [
+        ipnet::IpNet::new(me.ipv4.into(), 10),
+        ipnet::IpNet::new(me.ipv6.into(), 48),
+    ] {
+        let net = net.context("mesh prefix")?;
+        crate::netlink::add_address(index, net)
+            .with_context(|| format!("adding {net} to {name}"))?;
     }
+    Ok(dev)
+}
+
+fn denied(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::PermissionDenied) || e.raw_os_error() == Some(1)
 }

@@ -1,5 +1,6 @@
 //! `meshd ping`: ICMP echo requests from our mesh address to a peer's, sent through the tunnel
-//! like any packet; the replies are taken out of the inbound path before they reach the host.
+//! like any packet; the replies are taken out of the inbound path before they reach the host (or,
+//! in userspace mode, the smoltcp stack).
 //! Sans-IO: the driver hands in the time and delivers what [`Pings::start`] builds.
 
 use std::collections::HashMap;
@@ -61,6 +62,27 @@ pub fn resolve<'a>(peers: &'a [Node], target: &str) -> Option<(&'a Node, IpAddr)
 }
 
 impl Pings {
+    /// Resolves `req` against the netmap's `peers` and starts it: the echo request to send
+    /// through the tunnel, or `None` when no peer matches (the requester has been told why).
+    pub fn request(
+        &mut self,
+        me: &Node,
+        peers: &[Node],
+        req: PingRequest,
+        now: Instant,
+    ) -> Option<Vec<u8>> {
+        match resolve(peers, &req.target) {
+            Some((peer, ip)) => Some(self.start(me, peer, ip, now, req.reply)),
+            None => {
+                let _ = req.reply.send(Err(format!(
+                    "no peer named or addressed {:?} in the netmap",
+                    req.target
+                )));
+                None
+            }
+        }
+    }
+
     /// Builds an echo request from `me` to `to` and remembers it. The answer arrives on `reply`.
     pub fn start(
         &mut self,
@@ -210,5 +232,30 @@ mod tests {
         assert_eq!(resolve(&peers, &v6).unwrap().1, IpAddr::V6(peer.ipv6));
         assert!(resolve(&peers, "nobody").is_none());
         assert!(resolve(&peers, "100.64.0.99").is_none());
+    }
+
+    #[test]
+    fn requests_for_unknown_peers_are_answered_at_once() {
+        let (me, peer) = (node(1), node(2));
+        let peers = vec![peer.clone()];
+        let mut pings = Pings::default();
+        let t0 = Instant::now();
+        let (reply, mut rx) = oneshot::channel();
+        let req = PingRequest {
+            target: "nobody".into(),
+            reply,
+        };
+        assert!(pings.request(&me, &peers, req, t0).is_none());
+        let err = rx.try_recv().unwrap().unwrap_err();
+        assert!(err.contains("no peer named"), "{err}");
+
+        let (reply, mut rx) = oneshot::channel();
+        let req = PingRequest {
+            target: "n2".into(),
+            reply,
+        };
+        let pkt = pings.request(&me, &peers, req, t0).unwrap();
+        assert_eq!(packet::parse(&pkt).unwrap().dst, IpAddr::V4(peer.ipv4));
+        assert!(rx.try_recv().is_err(), "waiting for the reply");
     }
 }

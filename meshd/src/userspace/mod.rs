@@ -6,8 +6,10 @@
 //!
 //! The driver has the shape of the TUN data plane (`daemon::dataplane`): one task owns the UDP
 //! socket, the [`Peers`] core and the stack, does a bounded batch of work per wake-up, and sleeps
-//! until a datagram, an application's request, the stack's next timer (smoltcp `poll_delay`) or
-//! the 100 ms WireGuard tick.
+//! until a datagram, an application's request, the stack's next timer (smoltcp `poll_delay`),
+//! a `meshd ping` request or the 100 ms WireGuard tick. As in TUN mode, `meshd ping`'s echo
+//! replies are taken out of the inbound path before the stack sees them; echo requests to the
+//! node are answered by the stack.
 
 pub mod device;
 pub mod handle;
@@ -21,12 +23,15 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::TcpStream;
+
+use crate::daemon::udp::Udp;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::daemon::control_loop::ControlState;
 use crate::daemon::dataplane::{apply_netmap, snapshot, Wiring};
+use crate::daemon::ping::Pings;
 use crate::wg::{Peers, Sink};
 use device::QueueDevice;
 pub use handle::{ConnReader, ConnWriter, Connection, Listener, Stack};
@@ -37,19 +42,24 @@ const TICK: Duration = Duration::from_millis(100);
 
 /// The core's output: datagrams to the UDP socket, packets into the stack's device.
 struct StackSink<'a> {
-    udp: &'a UdpSocket,
+    udp: &'a Udp,
     device: &'a mut QueueDevice,
+    /// `meshd ping`'s replies are taken out here, before the stack sees them.
+    pings: &'a mut Pings,
     dropped: u64,
 }
 
 impl Sink for StackSink<'_> {
     fn send_udp(&mut self, to: SocketAddr, datagram: &[u8]) {
-        if !to.is_ipv4() || self.udp.try_send_to(datagram, to).is_err() {
+        if self.udp.try_send_to(datagram, to).is_err() {
             self.dropped += 1;
         }
     }
 
     fn deliver(&mut self, packet: &[u8]) {
+        if self.pings.intercept(packet, Instant::now()) {
+            return;
+        }
         self.device.push_rx(packet);
     }
 }
@@ -57,7 +67,7 @@ impl Sink for StackSink<'_> {
 /// Runs the stack, its peers and their socket until `shutdown` fires or the node is revoked.
 pub async fn run(
     mut core: StackCore,
-    udp: Arc<UdpSocket>,
+    udp: Arc<Udp>,
     mut peers: Peers,
     wiring: Wiring,
 ) -> io::Result<()> {
@@ -67,9 +77,9 @@ pub async fn run(
         status,
         mut shutdown,
         me,
-        // Not yet in userspace mode: dropping the receiver makes the API say so.
-        pings: _,
+        pings: mut ping_rx,
     } = wiring;
+    let mut pings = Pings::default();
     let wake = core.waker();
     let mut ubuf = vec![0u8; 65_536];
     let mut tick = tokio::time::interval(TICK);
@@ -81,7 +91,7 @@ pub async fn run(
     loop {
         let now = Instant::now();
         core.poll(now);
-        flush(&mut core, &mut peers, &udp, now);
+        flush(&mut core, &mut peers, &udp, &mut pings, now);
         let delay = if core.device.rx.is_empty() {
             core.poll_delay(Instant::now())
                 .map_or(TICK, |d| d.min(TICK))
@@ -89,10 +99,26 @@ pub async fn run(
             Duration::ZERO
         };
         tokio::select! {
+            Some(req) = ping_rx.recv() => {
+                let now = Instant::now();
+                // Resolved against the latest netmap, as the SOCKS5 resolver does.
+                let pkt = match &*control.borrow() {
+                    Some(ControlState::Netmap(map)) => pings.request(&me, &map.peers, req, now),
+                    _ => pings.request(&me, &[], req, now),
+                };
+                if let Some(pkt) = pkt {
+                    let mut sink = StackSink {
+                        udp: &udp, device: &mut core.device, pings: &mut pings, dropped: 0,
+                    };
+                    peers.handle_outbound(&pkt, now, &mut sink);
+                }
+            }
             r = udp.recv_from(&mut ubuf) => {
                 let (n, from) = r?;
                 let now = Instant::now();
-                let mut sink = StackSink { udp: &udp, device: &mut core.device, dropped: 0 };
+                let mut sink = StackSink {
+                    udp: &udp, device: &mut core.device, pings: &mut pings, dropped: 0,
+                };
                 peers.handle_datagram(from, &ubuf[..n], now, &mut sink);
                 for _ in 1..BATCH {
                     match udp.try_recv_from(&mut ubuf) {
@@ -104,8 +130,12 @@ pub async fn run(
             _ = wake.notified() => {}
             _ = tokio::time::sleep(delay) => {}
             _ = tick.tick() => {
-                let mut sink = StackSink { udp: &udp, device: &mut core.device, dropped: 0 };
-                peers.tick(Instant::now(), &mut sink);
+                let mut sink = StackSink {
+                    udp: &udp, device: &mut core.device, pings: &mut pings, dropped: 0,
+                };
+                let now = Instant::now();
+                peers.tick(now, &mut sink);
+                pings.expire(now);
                 status.send_replace(snapshot(&peers, &me, *coord_up.borrow()));
             }
             r = control.changed() => {
@@ -114,7 +144,13 @@ pub async fn run(
                 }
                 let state = control.borrow_and_update().clone();
                 match state {
-                    Some(ControlState::Netmap(map)) => apply_netmap(&mut peers, &map),
+                    Some(ControlState::Netmap(map)) => {
+                        apply_netmap(&mut peers, &map);
+                        let mut sink = StackSink {
+                            udp: &udp, device: &mut core.device, pings: &mut pings, dropped: 0,
+                        };
+                        peers.replay_pending(Instant::now(), &mut sink);
+                    }
                     Some(ControlState::Revoked(_)) => return Ok(()),
                     None => {}
                 }
@@ -125,11 +161,12 @@ pub async fn run(
 }
 
 /// Hands the stack's outgoing packets to the WireGuard core.
-fn flush(core: &mut StackCore, peers: &mut Peers, udp: &UdpSocket, now: Instant) {
+fn flush(core: &mut StackCore, peers: &mut Peers, udp: &Udp, pings: &mut Pings, now: Instant) {
     let out = std::mem::take(&mut core.device.tx);
     let mut sink = StackSink {
         udp,
         device: &mut core.device,
+        pings,
         dropped: 0,
     };
     for p in &out {

@@ -9,8 +9,16 @@
 //! `parse_handshake_anon`; buffers are at least packet + 32 bytes; after a `WriteToNetwork`,
 //! `decapsulate(None, &[])` is called until `Done` to flush queued packets; the real UDP source is
 //! always passed in; one rate limiter for all peers, reset every second.
+//!
+//! An initiation from a key the netmap does not list yet (it passed mac1 and its static key
+//! decrypted with ours) is counted as `unknown_peer` and kept for up to 3 s (at most 64, latest
+//! per key, see `pending`). After [`Peers::set_peers`] the driver calls [`Peers::replay_pending`]
+//! at once, which handles those from keys now known as if they had just arrived from their
+//! recorded source, so a joining node need not wait for its 5 s retry. [`Peers::tick`] does the
+//! same, and forgets kept initiations once they are stale.
 
 mod peer;
+mod pending;
 #[cfg(test)]
 mod tests;
 
@@ -28,6 +36,7 @@ use tracing::{debug, info, trace};
 
 use peer::Peer;
 pub use peer::PeerStats;
+use pending::PendingInits;
 
 use crate::filter::{PacketFilter, Verdict};
 use crate::packet;
@@ -78,7 +87,20 @@ pub struct Peers {
     next_index: u32,
     last_limiter_reset: Option<Instant>,
     drops: Drops,
+    /// Initiations from keys not in the netmap yet, answered if it soon adds them.
+    pending: PendingInits,
     buf: Vec<u8>,
+}
+
+/// Who sent a datagram, as far as can be told without decrypting it.
+enum Sender {
+    /// A peer in the netmap, by index.
+    Peer(u32),
+    /// A handshake initiation addressed to us (its static key decrypted) from a key that is not
+    /// a peer.
+    UnknownKey(PublicKey),
+    /// Anything else nobody we know sent.
+    Unknown,
 }
 
 impl std::fmt::Debug for Peers {
@@ -86,6 +108,7 @@ impl std::fmt::Debug for Peers {
         f.debug_struct("Peers")
             .field("public", &self.public)
             .field("peers", &self.peers.len())
+            .field("pending", &self.pending.len())
             .finish_non_exhaustive()
     }
 }
@@ -108,6 +131,7 @@ impl Peers {
             next_index: 1,
             last_limiter_reset: None,
             drops: Drops::default(),
+            pending: PendingInits::default(),
             buf: vec![0; BUF],
         }
     }
@@ -142,7 +166,8 @@ impl Peers {
     }
 
     /// Makes the peer set equal `nodes`, touching only what changed: an unchanged peer keeps its
-    /// session, so its flows never stall. Returns (added, changed, removed) counts.
+    /// session, so its flows never stall. Returns (added, changed, removed) counts. Call
+    /// [`Peers::replay_pending`] right after, to answer initiations that came before the netmap.
     pub fn set_peers(&mut self, nodes: &[Node]) -> (usize, usize, usize) {
         let wanted: HashMap<PublicKey, &Node> = nodes.iter().map(|n| (n.public_key, n)).collect();
         let gone: Vec<u32> = self
@@ -232,19 +257,41 @@ impl Peers {
     }
 
     /// Which peer a datagram is for, without decrypting it.
-    fn peer_for(&self, datagram: &[u8]) -> Option<u32> {
-        match Tunn::parse_incoming_packet(datagram).ok()? {
+    fn peer_for(&self, datagram: &[u8]) -> Sender {
+        let Ok(packet) = Tunn::parse_incoming_packet(datagram) else {
+            return Sender::Unknown;
+        };
+        match packet {
             Packet::HandshakeInit(p) => {
                 let public = boringtun::x25519::PublicKey::from(*self.public.as_bytes());
-                let half =
-                    parse_handshake_anon(self.secret.as_static_secret(), &public, &p).ok()?;
-                self.by_key
-                    .get(&PublicKey::from_bytes(half.peer_static_public))
-                    .copied()
+                let Ok(half) = parse_handshake_anon(self.secret.as_static_secret(), &public, &p)
+                else {
+                    return Sender::Unknown;
+                };
+                let key = PublicKey::from_bytes(half.peer_static_public);
+                match self.by_key.get(&key) {
+                    Some(idx) => Sender::Peer(*idx),
+                    None => Sender::UnknownKey(key),
+                }
             }
-            Packet::HandshakeResponse(p) => Some(p.receiver_idx >> 8),
-            Packet::PacketCookieReply(p) => Some(p.receiver_idx >> 8),
-            Packet::PacketData(p) => Some(p.receiver_idx >> 8),
+            Packet::HandshakeResponse(p) => Sender::Peer(p.receiver_idx >> 8),
+            Packet::PacketCookieReply(p) => Sender::Peer(p.receiver_idx >> 8),
+            Packet::PacketData(p) => Sender::Peer(p.receiver_idx >> 8),
+        }
+    }
+
+    /// Handles the kept initiations whose keys are peers now (see [`Peers::set_peers`]) as if
+    /// they had just arrived from where they came from, so the handshake responses go out. Call
+    /// right after `set_peers`; `tick` calls it too.
+    pub fn replay_pending(&mut self, now: Instant, sink: &mut impl Sink) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let by_key = &self.by_key;
+        let due = self.pending.take_known(now, |k| by_key.contains_key(k));
+        for p in due {
+            debug!(from = %p.from, "answering an initiation that came before the netmap");
+            self.handle_datagram(p.from, &p.datagram, now, sink);
         }
     }
 
@@ -274,9 +321,20 @@ impl Peers {
                 return;
             }
         }
-        let Some(idx) = self.peer_for(datagram) else {
-            self.drops.unknown_peer += 1;
-            return;
+        let idx = match self.peer_for(datagram) {
+            Sender::Peer(idx) => idx,
+            Sender::UnknownKey(key) => {
+                // Maybe a node that joined and got its netmap before we got ours: keep it, and
+                // answer if `set_peers` adds the key soon.
+                self.drops.unknown_peer += 1;
+                trace!(%from, "initiation from a key not in the netmap; kept");
+                self.pending.insert(key, from, datagram, now);
+                return;
+            }
+            Sender::Unknown => {
+                self.drops.unknown_peer += 1;
+                return;
+            }
         };
         let Some(peer) = self.peers.get_mut(&idx) else {
             self.drops.unknown_peer += 1;
@@ -385,5 +443,8 @@ impl Peers {
             peer.tick(&mut self.buf, sink);
         }
         self.filter.expire(now);
+        // A driver that forgot `replay_pending` after `set_peers` still answers within a tick.
+        self.replay_pending(now, sink);
+        self.pending.expire(now);
     }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use keys::PrivateKey;
 use proto::map::FilterRule;
@@ -267,4 +267,211 @@ fn netmap_changes_leave_unchanged_sessions_alone() {
     a.peers.handle_outbound(&p3, now, &mut a.out);
     assert!(a.out.sent.is_empty());
     assert_eq!(a.peers.drops().no_route, 1);
+}
+
+/// A handshake initiation to `to` from a node with key `key`, as it would go on the wire.
+fn initiation(key: PrivateKey, to: &Node, now: Instant) -> Vec<u8> {
+    let mut sender = Peers::new(key, PacketFilter::new(FilterLimits::default()));
+    sender.set_peers(std::slice::from_ref(to));
+    let mut out = Out::default();
+    let p = build::udp_v4(Ipv4Addr::new(100, 64, 9, 9), to.ipv4, 1, 2, b"hi");
+    sender.handle_outbound(&p, now, &mut out);
+    assert_eq!(out.sent.len(), 1, "one initiation");
+    let (_, d) = out.sent.pop().unwrap();
+    assert_eq!(d[0], 1, "type 1: handshake initiation");
+    d
+}
+
+#[test]
+fn a_joiner_that_comes_before_the_netmap_is_answered_when_it_arrives() {
+    // B joins: its netmap lists A, but A's netmap does not list B yet.
+    let mut a = host(1, allow_all());
+    let mut b = host(2, allow_all());
+    a.peers.set_peers(&[]);
+    b.peers.set_peers(&[a.node.clone()]);
+    let t0 = Instant::now();
+    let ping = build::icmp_echo_v4(b.node.ipv4, a.node.ipv4, 7, 1, b"first contact");
+    b.peers.handle_outbound(&ping, t0, &mut b.out);
+    pump(&mut [&mut a, &mut b], t0);
+    assert!(a.out.sent.is_empty(), "no answer to an unknown key");
+    assert_eq!(a.peers.drops().unknown_peer, 1);
+    assert_eq!(a.peers.pending.len(), 1);
+    // Nothing to replay while the key is still unknown.
+    a.peers.replay_pending(t0, &mut a.out);
+    assert!(a.out.sent.is_empty());
+
+    // A's netmap delta arrives a few ms later; the driver replays at once.
+    let t1 = t0 + Duration::from_millis(5);
+    assert_eq!(a.peers.set_peers(&[b.node.clone()]), (1, 0, 0));
+    a.peers.replay_pending(t1, &mut a.out);
+    assert_eq!(a.out.sent.len(), 1, "{:?}", a.out.sent);
+    assert_eq!(a.out.sent[0].0, b.addr, "answered at the recorded source");
+    assert_eq!(a.out.sent[0].1[0], 2, "type 2: handshake response");
+    assert_eq!(a.peers.pending.len(), 0, "replayed once");
+    pump(&mut [&mut a, &mut b], t1);
+    assert_eq!(a.out.delivered, vec![ping], "B's queued packet crossed");
+    let reply = build::icmp_echo_reply_v4(a.node.ipv4, b.node.ipv4, 7, 1, b"first contact");
+    a.peers.handle_outbound(&reply, t1, &mut a.out);
+    assert_eq!(a.out.sent[0].1[0], 4, "a data packet, the session is up");
+    pump(&mut [&mut a, &mut b], t1);
+    assert_eq!(b.out.delivered, vec![reply]);
+    assert_eq!(a.peers.stats()[0].endpoint, Some(b.addr));
+    a.peers.replay_pending(t1, &mut a.out);
+    assert!(a.out.sent.is_empty(), "nothing left to replay");
+}
+
+#[test]
+fn a_tick_answers_kept_initiations_too() {
+    // For a driver that does not call `replay_pending` after `set_peers`.
+    let mut a = host(1, allow_all());
+    let b = host(2, allow_all());
+    let t0 = Instant::now();
+    let init = initiation(PrivateKey::from_bytes(b_secret(&b)), &a.node, t0);
+    a.peers.handle_datagram(b.addr, &init, t0, &mut a.out);
+    a.peers.set_peers(std::slice::from_ref(&b.node));
+    assert!(a.out.sent.is_empty());
+    a.peers.tick(t0 + Duration::from_millis(100), &mut a.out);
+    assert!(
+        a.out.sent.iter().any(|(to, d)| *to == b.addr && d[0] == 2),
+        "{:?}",
+        a.out.sent
+    );
+}
+
+/// B's private key (tests only: `Peers` keeps it).
+fn b_secret(b: &Host) -> [u8; 32] {
+    b.peers.secret.as_static_secret().to_bytes()
+}
+
+#[test]
+fn a_stale_initiation_is_not_replayed() {
+    let mut a = host(1, allow_all());
+    let b = host(2, allow_all());
+    let t0 = Instant::now();
+    let init = initiation(PrivateKey::from_bytes(b_secret(&b)), &a.node, t0);
+    a.peers.handle_datagram(b.addr, &init, t0, &mut a.out);
+    assert_eq!(a.peers.pending.len(), 1);
+    // Ticks keep it while fresh and forget it once stale.
+    a.peers.tick(t0 + Duration::from_secs(1), &mut a.out);
+    assert_eq!(a.peers.pending.len(), 1);
+    a.peers.tick(t0 + Duration::from_millis(3_100), &mut a.out);
+    assert_eq!(a.peers.pending.len(), 0, "expired on tick");
+
+    // Kept again, then the netmap comes too late: no answer.
+    let t1 = t0 + Duration::from_secs(4);
+    a.peers.handle_datagram(b.addr, &init, t1, &mut a.out);
+    assert_eq!(a.peers.pending.len(), 1);
+    a.peers.set_peers(std::slice::from_ref(&b.node));
+    a.peers
+        .replay_pending(t1 + Duration::from_millis(3_100), &mut a.out);
+    assert!(a.out.sent.is_empty(), "{:?}", a.out.sent);
+    assert_eq!(a.peers.pending.len(), 0);
+    assert_eq!(a.peers.drops().unknown_peer, 2);
+}
+
+#[test]
+fn the_latest_initiation_per_key_wins() {
+    let mut a = host(1, allow_all());
+    let mut b = host(2, allow_all());
+    b.peers.set_peers(&[a.node.clone()]);
+    let t0 = Instant::now();
+    // An earlier initiation from B's key (an earlier run of B), from another address.
+    let old = initiation(PrivateKey::from_bytes(b_secret(&b)), &a.node, t0);
+    let elsewhere: SocketAddr = "198.51.100.7:41641".parse().unwrap();
+    a.peers.handle_datagram(elsewhere, &old, t0, &mut a.out);
+    // Then B's own replaces it.
+    let p = build::udp_v4(b.node.ipv4, a.node.ipv4, 1, 2, b"latest");
+    b.peers.handle_outbound(&p, t0, &mut b.out);
+    let latest = b.out.sent[0].1.clone();
+    pump(&mut [&mut a, &mut b], t0);
+    assert_eq!(a.peers.pending.len(), 1);
+    // A copy of it sent from elsewhere (a replay, WireGuard never resends the same bytes) does
+    // not move where the answer goes.
+    let t1 = t0 + Duration::from_millis(1);
+    a.peers.handle_datagram(elsewhere, &latest, t1, &mut a.out);
+    assert_eq!(a.peers.pending.len(), 1);
+
+    a.peers.set_peers(&[b.node.clone()]);
+    a.peers.replay_pending(t1, &mut a.out);
+    assert_eq!(a.out.sent.len(), 1);
+    assert_eq!(a.out.sent[0].0, b.addr);
+    pump(&mut [&mut a, &mut b], t1);
+    assert_eq!(a.out.delivered, vec![p], "B's session came up");
+}
+
+#[test]
+fn kept_initiations_are_bounded() {
+    let mut a = host(1, allow_all());
+    let t0 = Instant::now();
+    // More distinct keys than are kept (and fewer than the rate limiter lets through a second).
+    let senders: Vec<(Node, SocketAddr)> = (0..150u16)
+        .map(|i| {
+            let mut n = host(2, allow_all()).node;
+            n.ipv4 = Ipv4Addr::new(100, 64, 1, i as u8);
+            n.ipv6 = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0x6441, i);
+            n.name = format!("s{i}");
+            n.id = NodeId(100 + u64::from(i));
+            (n, SocketAddr::from(([192, 0, 2, 100], 20_000 + i)))
+        })
+        .collect();
+    let mut keys = Vec::new();
+    for (i, (node, from)) in senders.iter().enumerate() {
+        let key = PrivateKey::generate();
+        let mut node = node.clone();
+        node.public_key = key.public_key();
+        let now = t0 + Duration::from_millis(i as u64);
+        let init = initiation(key, &a.node, now);
+        a.peers.handle_datagram(*from, &init, now, &mut a.out);
+        assert!(a.peers.pending.len() <= pending::MAX_PENDING);
+        keys.push(node);
+    }
+    assert!(a.out.sent.is_empty(), "no cookies: under the rate limit");
+    assert_eq!(a.peers.pending.len(), pending::MAX_PENDING);
+    assert_eq!(a.peers.drops().unknown_peer, 150);
+    // The oldest made room: the first sender's initiation is gone, the last one's is answered.
+    let (first, last) = (&keys[0], &keys[149]);
+    let now = t0 + Duration::from_millis(200);
+    a.peers.set_peers(&[first.clone(), last.clone()]);
+    a.peers.replay_pending(now, &mut a.out);
+    assert_eq!(a.out.sent.len(), 1, "{:?}", a.out.sent);
+    assert_eq!(a.out.sent[0].0, senders[149].1);
+    assert_eq!(a.peers.pending.len(), pending::MAX_PENDING - 1);
+}
+
+#[test]
+fn garbage_and_initiations_for_other_keys_are_not_kept() {
+    let mut a = host(1, allow_all());
+    let b = host(2, allow_all());
+    let c = host(3, allow_all());
+    let now = Instant::now();
+    // Junk, including handshake-initiation-shaped junk (type 1, 148 bytes).
+    let mut x: u32 = 7;
+    for len in [0usize, 1, 4, 32, 147, 148, 148, 148, 149, 300] {
+        let mut junk: Vec<u8> = (0..len)
+            .map(|_| {
+                x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (x >> 24) as u8
+            })
+            .collect();
+        if len >= 4 {
+            junk[..4].copy_from_slice(&[1, 0, 0, 0]);
+        }
+        a.peers.handle_datagram(b.addr, &junk, now, &mut a.out);
+    }
+    // A real initiation, but for C: its mac1 is keyed to C's public key.
+    let for_c = initiation(PrivateKey::from_bytes(b_secret(&b)), &c.node, now);
+    a.peers.handle_datagram(b.addr, &for_c, now, &mut a.out);
+    assert_eq!(a.peers.drops().invalid_datagram, 11);
+    // The same with a mac1 A accepts (as from someone who knows C's public key and forged it):
+    // its static key does not decrypt with A's key.
+    let c_public = boringtun::x25519::PublicKey::from(*c.node.public_key.as_bytes());
+    a.peers.rate_limiter = Arc::new(RateLimiter::new(&c_public, HANDSHAKE_RATE_LIMIT));
+    a.peers.handle_datagram(b.addr, &for_c, now, &mut a.out);
+    assert_eq!(a.peers.drops().unknown_peer, 1, "passed mac1, then dropped");
+    assert_eq!(a.peers.pending.len(), 0);
+    assert!(a.out.sent.is_empty());
+    // Adding B and C answers nothing.
+    a.peers.set_peers(&[b.node.clone(), c.node.clone()]);
+    a.peers.replay_pending(now, &mut a.out);
+    assert!(a.out.sent.is_empty());
 }
