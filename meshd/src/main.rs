@@ -132,7 +132,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 serve_tcp,
                 endpoints: endpoint,
             };
-            let rt = tokio::runtime::Runtime::new()?;
+            // The control plane and the local API share one thread; the TUN data plane has its
+            // own (see daemon::dataplane).
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(meshd::daemon::up(cfg))
         }
         Cmd::Status { json } => {

@@ -4,6 +4,10 @@
 //! 64 KiB (offload), split here into packets; encrypted datagrams leave in runs through UDP
 //! segmentation offload; datagrams arrive by `recvmmsg` with receive offload, and decrypted TCP
 //! segments are merged again before they are written to the device.
+//!
+//! The loop runs on a thread of its own with a single-threaded runtime ([`spawn`]): a packet
+//! wakes the thread that handles it, with no hand-over between threads, and the control plane's
+//! work (TLS, large netmaps) never delays a packet.
 
 use std::io;
 use std::sync::Arc;
@@ -17,7 +21,7 @@ use super::api::{DropCounts, PeerStatus, Status};
 use super::control_loop::ControlState;
 use super::outbox::Outbox;
 use super::ping::{self, PingRequest, Pings};
-use super::udp::{RecvBufs, Udp};
+use super::udp::{Bound, RecvBufs, Udp};
 use crate::wg::{Peers, Sink};
 
 /// Reads from one source before the loop looks at the others.
@@ -112,8 +116,37 @@ pub struct Wiring {
     pub pings: mpsc::Receiver<PingRequest>,
 }
 
+/// Runs the data plane on its own thread until `shutdown` fires or the node is revoked; the
+/// device (and with it its addresses and routes) is closed before this returns.
+pub async fn spawn(
+    dev: tun_rs::SyncDevice,
+    udp: Bound,
+    peers: Peers,
+    wiring: Wiring,
+) -> io::Result<()> {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("meshd-dataplane".into())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .and_then(|rt| {
+                    rt.block_on(async move {
+                        let dev = Arc::new(AsyncDevice::new(dev)?);
+                        let udp = Arc::new(udp.into_udp()?);
+                        run(dev, udp, peers, wiring).await
+                    })
+                });
+            let _ = done_tx.send(result);
+        })?;
+    done_rx
+        .await
+        .unwrap_or_else(|_| Err(io::Error::other("the data-plane thread panicked")))
+}
+
 /// Runs until `shutdown` fires or the node is revoked.
-pub async fn run(
+async fn run(
     dev: Arc<AsyncDevice>,
     udp: Arc<Udp>,
     mut peers: Peers,

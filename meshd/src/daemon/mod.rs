@@ -129,13 +129,11 @@ pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
     let dev = if cfg.userspace {
         None
     } else {
-        Some(Arc::new(create_tun(&cfg.tun_name, &me)?))
+        Some(create_tun(&cfg.tun_name, &me)?)
     };
-    let udp = Arc::new(
-        udp::Udp::bind(cfg.listen_port)
-            .with_context(|| format!("binding UDP port {}", cfg.listen_port))?,
-    );
-    let port = udp.local_port()?;
+    let udp = udp::Bound::open(cfg.listen_port)
+        .with_context(|| format!("binding UDP port {}", cfg.listen_port))?;
+    let port = udp.port()?;
     let socks = if cfg.userspace {
         let l = tokio::net::TcpListener::bind(cfg.socks5)
             .await
@@ -201,7 +199,7 @@ pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
         me,
     };
     let result = match (dev, socks) {
-        (Some(dev), _) => dataplane::run(dev, udp, peers, wiring).await,
+        (Some(dev), _) => dataplane::spawn(dev, udp, peers, wiring).await,
         (None, socks) => {
             let (core, stack) = crate::userspace::StackCore::new(
                 wiring.me.ipv4,
@@ -222,7 +220,10 @@ pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
                     }
                 });
             }
-            let r = crate::userspace::run(core, udp, peers, wiring).await;
+            let r = match udp.into_udp() {
+                Ok(udp) => crate::userspace::run(core, Arc::new(udp), peers, wiring).await,
+                Err(e) => Err(e),
+            };
             tasks.abort_all();
             r
         }
@@ -233,14 +234,14 @@ pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
     result.context("data plane")
 }
 
-fn create_tun(name: &str, me: &proto::Node) -> anyhow::Result<tun_rs::AsyncDevice> {
+fn create_tun(name: &str, me: &proto::Node) -> anyhow::Result<tun_rs::SyncDevice> {
     let build = |offload: bool| {
         tun_rs::DeviceBuilder::new()
             .name(name)
             .mtu(dataplane::MTU)
             // Segments up to 64 KiB from the kernel's TCP, and merged segments back to it.
             .offload(offload)
-            .build_async()
+            .build_sync()
     };
     let dev = match build(true) {
         Err(e) if !denied(&e) => {

@@ -27,21 +27,54 @@ pub struct Udp {
     v6: bool,
 }
 
-impl Udp {
+/// A bound socket not yet registered with a runtime: the TUN data plane registers it on its own
+/// thread's runtime.
+#[derive(Debug)]
+pub struct Bound {
+    sock: std::net::UdpSocket,
+    v6: bool,
+}
+
+impl Bound {
     /// Binds `[::]:port` for both families, or `0.0.0.0:port` where IPv6 is unavailable.
-    pub fn bind(port: u16) -> io::Result<Self> {
+    pub fn open(port: u16) -> io::Result<Self> {
         let (sock, v6) = match dual_stack(port) {
             Ok(s) => (s, true),
             Err(e) if e.kind() == io::ErrorKind::AddrInUse => return Err(e),
             Err(_) => (ipv4_only(port)?, false),
         };
         sock.set_nonblocking(true)?;
-        let sock = UdpSocket::from_std(sock)?;
+        Ok(Self { sock, v6 })
+    }
+
+    pub fn port(&self) -> io::Result<u16> {
+        Ok(self.sock.local_addr()?.port())
+    }
+
+    /// Whether IPv6 peers can be reached.
+    pub fn ipv6(&self) -> bool {
+        self.v6
+    }
+
+    /// Registers the socket with the current tokio runtime.
+    pub fn into_udp(self) -> io::Result<Udp> {
+        let sock = UdpSocket::from_std(self.sock)?;
         let state = UdpSocketState::new((&sock).into())?;
         // Best effort: the kernel caps these at net.core.[rw]mem_max.
         let _ = state.set_recv_buffer_size((&sock).into(), SOCKET_BUFFER);
         let _ = state.set_send_buffer_size((&sock).into(), SOCKET_BUFFER);
-        Ok(Self { sock, state, v6 })
+        Ok(Udp {
+            sock,
+            state,
+            v6: self.v6,
+        })
+    }
+}
+
+impl Udp {
+    /// [`Bound::open`], registered with the current runtime.
+    pub fn bind(port: u16) -> io::Result<Self> {
+        Bound::open(port)?.into_udp()
     }
 
     pub fn local_port(&self) -> io::Result<u16> {
