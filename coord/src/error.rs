@@ -4,6 +4,7 @@
 use http::StatusCode;
 use proto::api::{ErrorBody, ErrorDetail};
 
+use crate::mesh::FunnelError;
 use crate::store::{RegisterError, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +47,8 @@ pub enum ApiError {
     MeshFull,
     #[error("coordinator is shutting down")]
     Unavailable,
+    #[error(transparent)]
+    Funnel(#[from] FunnelError),
     /// Our failure. The detail is logged, never sent.
     #[error("internal error")]
     Internal(String),
@@ -66,6 +69,15 @@ impl ApiError {
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             MeshFull | Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Funnel(f) => match f {
+                FunnelError::InvalidName(_)
+                | FunnelError::InvalidPort
+                | FunnelError::TtlTooShort
+                | FunnelError::TtlTooLong { .. } => StatusCode::BAD_REQUEST,
+                FunnelError::NotGranted(_) | FunnelError::NotOwner(_) => StatusCode::FORBIDDEN,
+                FunnelError::NameTaken(_) => StatusCode::CONFLICT,
+                FunnelError::NotFound(_) => StatusCode::NOT_FOUND,
+            },
         }
     }
 
@@ -92,6 +104,16 @@ impl ApiError {
             MeshFull => "mesh_full",
             Unavailable => "unavailable",
             Internal(_) => "internal",
+            Funnel(f) => match f {
+                FunnelError::InvalidName(_) => "invalid_funnel_name",
+                FunnelError::InvalidPort => "invalid_funnel_port",
+                FunnelError::TtlTooShort => "funnel_ttl_too_short",
+                FunnelError::TtlTooLong { .. } => "funnel_ttl_too_long",
+                FunnelError::NotGranted(_) => "funnel_not_granted",
+                FunnelError::NameTaken(_) => "funnel_name_taken",
+                FunnelError::NotFound(_) => "funnel_not_found",
+                FunnelError::NotOwner(_) => "funnel_not_owned",
+            },
         }
     }
 

@@ -70,6 +70,12 @@ struct ServeArgs {
     /// A map stream quiet this long gets a keepalive line (at most 30s).
     #[arg(long, default_value = "25s", value_parser = human_duration)]
     map_keepalive: Duration,
+    /// The public funnel domain: a funnel answers on https://NAME.DOMAIN/.
+    #[arg(long, env = "COORD_FUNNEL_DOMAIN", default_value = "funnel.localhost")]
+    funnel_domain: String,
+    /// The edges' public HTTPS port, added to funnel URLs unless 443.
+    #[arg(long, env = "COORD_FUNNEL_PORT", default_value_t = 443, value_parser = clap::value_parser!(u16).range(1..))]
+    funnel_port: u16,
 }
 
 #[derive(Subcommand, Debug)]
@@ -355,6 +361,16 @@ fn serve(state_dir: PathBuf, a: ServeArgs) -> anyhow::Result<()> {
     if a.map_keepalive.is_zero() || a.map_keepalive > Duration::from_secs(30) {
         bail!("--map-keepalive must be more than 0s and at most 30s");
     }
+    let funnel_domain = a.funnel_domain.trim_end_matches('.').to_owned();
+    if funnel_domain.len() > 253
+        || !funnel_domain.contains('.')
+        || !funnel_domain.split('.').all(proto::policy::is_dns_label)
+    {
+        bail!(
+            "--funnel-domain {:?} is not a domain name: use lowercase labels like funnel.example.com",
+            a.funnel_domain
+        );
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("COORD_LOG")
@@ -371,6 +387,8 @@ fn serve(state_dir: PathBuf, a: ServeArgs) -> anyhow::Result<()> {
         ephemeral_timeout: a.ephemeral_timeout,
         batch_window: a.batch_window,
         map_keepalive: a.map_keepalive,
+        funnel_domain,
+        funnel_port: a.funnel_port,
         ..ServeConfig::new(&state_dir, a.listen)
     };
     // Every map stream is a socket: lift the soft open-file limit to the hard one.

@@ -35,6 +35,10 @@ pub struct ServeConfig {
     pub batch_window: Duration,
     /// Keepalive interval of map streams (at most 30 s).
     pub map_keepalive: Duration,
+    /// The public funnel domain: funnels are `https://NAME.<funnel_domain>/`.
+    pub funnel_domain: String,
+    /// The edges' public HTTPS port, shown in funnel URLs unless 443.
+    pub funnel_port: u16,
 }
 
 impl ServeConfig {
@@ -49,6 +53,8 @@ impl ServeConfig {
             ephemeral_timeout: Duration::from_secs(30 * 60),
             batch_window: Duration::from_millis(20),
             map_keepalive: Duration::from_secs(25),
+            funnel_domain: "funnel.localhost".into(),
+            funnel_port: 443,
         }
     }
 }
@@ -112,7 +118,8 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
     let (policy, policy_text) = service::load_policy(&store)?;
     let records = store.nodes()?;
     let node_count = records.len();
-    let mesh = Mesh::new(
+    let funnels = store.funnels()?;
+    let mut mesh = Mesh::new(
         MeshConfig {
             domain: cfg.domain.clone(),
             ula_prefix: ula,
@@ -124,6 +131,8 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
         records,
         unix_now(),
     );
+    // Expired or no longer granted ones are dropped here and deleted by the mesh thread.
+    mesh.load_funnels(funnels, unix_now());
     let material = match &cfg.tls_files {
         Some((cert, key)) => tls::load_files(cert, key)?,
         None => tls::load_or_create(&cfg.state_dir, &cfg.tls_sans)?,
@@ -145,6 +154,8 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
             domain: cfg.domain.clone(),
         },
         map_keepalive: cfg.map_keepalive,
+        funnel_domain: cfg.funnel_domain.clone(),
+        funnel_port: cfg.funnel_port,
     });
     let (shutdown, rx) = watch::channel(false);
     tokio::spawn(http::serve(listener, tls_config, api, rx.clone()));

@@ -14,7 +14,8 @@ use bytes::Bytes;
 use keys::authkey::{AuthKeyId, AuthKeyToken};
 use keys::PublicKey;
 use proto::admin::{AdminRequest, AdminResponse};
-use proto::api::{RegisterRequest, RegisterResponse};
+use proto::api::{FunnelRequest, RegisterRequest, RegisterResponse};
+use proto::map::FunnelRoute;
 use proto::policy::Policy;
 use proto::NodeId;
 use tokio::sync::{mpsc as tmpsc, oneshot};
@@ -22,7 +23,7 @@ use tracing::{info, warn};
 
 use crate::admin_ops;
 use crate::error::ApiError;
-use crate::mesh::{Mesh, Output, StreamId};
+use crate::mesh::{FunnelError, Mesh, Output, StreamId};
 use crate::store::{nodes_renew, Store};
 
 const BATCH: usize = 256;
@@ -59,6 +60,23 @@ pub enum Command {
     },
     CloseStream {
         stream: StreamId,
+    },
+    /// Open or renew a funnel of the calling node.
+    FunnelOpen {
+        key: PublicKey,
+        req: FunnelRequest,
+        reply: Reply<FunnelRoute>,
+    },
+    /// Close one of the calling node's funnels.
+    FunnelClose {
+        key: PublicKey,
+        name: String,
+        reply: Reply<()>,
+    },
+    /// The calling node's live funnels.
+    FunnelList {
+        key: PublicKey,
+        reply: Reply<Vec<FunnelRoute>>,
     },
     Admin {
         req: AdminRequest,
@@ -171,6 +189,7 @@ impl Service {
                 next_tick = now + TICK;
                 self.tick(now);
             }
+            self.forget_dropped_funnels();
             self.deliver();
         }
         self.flush_last_seen();
@@ -286,6 +305,56 @@ impl Service {
             Command::Admin { req, reply } => {
                 let _ = reply.send(admin_ops::handle(self, req));
             }
+            Command::FunnelOpen { key, req, reply } => {
+                let _ = reply.send(self.funnel_open(key, &req));
+            }
+            Command::FunnelClose { key, name, reply } => {
+                let _ = reply.send(self.funnel_close(key, &name));
+            }
+            Command::FunnelList { key, reply } => {
+                let _ = reply.send(self.known(&key).map(|id| self.mesh.funnels_of(id)));
+            }
+        }
+    }
+
+    /// Persists first, then tells the core (which queues the deltas).
+    fn funnel_open(
+        &mut self,
+        key: PublicKey,
+        req: &FunnelRequest,
+    ) -> Result<FunnelRoute, ApiError> {
+        let id = self.known(&key)?;
+        let unix = unix_now();
+        let route = self.mesh.plan_funnel(id, req, unix)?;
+        self.store.upsert_funnel(&route, unix)?;
+        info!(node = %id, name = %route.name, port = route.port, expires = route.expires, "funnel opened");
+        self.mesh.set_funnel(route.clone(), Instant::now());
+        Ok(route)
+    }
+
+    fn funnel_close(&mut self, key: PublicKey, name: &str) -> Result<(), ApiError> {
+        let id = self.known(&key)?;
+        match self.mesh.funnel(name) {
+            None => return Err(FunnelError::NotFound(name.to_owned()).into()),
+            Some(r) if r.node != id => return Err(FunnelError::NotOwner(name.to_owned()).into()),
+            Some(_) => {}
+        }
+        self.store.delete_funnels(&[name.to_owned()])?;
+        self.mesh.remove_funnel(name, Instant::now());
+        info!(node = %id, name, "funnel closed");
+        Ok(())
+    }
+
+    /// Deletes from storage the funnels the core dropped (expired, owner gone, grant withdrawn).
+    fn forget_dropped_funnels(&mut self) {
+        let names = self.mesh.drain_dropped_funnels();
+        if names.is_empty() {
+            return;
+        }
+        info!(count = names.len(), "funnels expired or withdrawn");
+        if let Err(e) = self.store.delete_funnels(&names) {
+            // Harmless: they are skipped as expired or ungranted when loaded again.
+            warn!("deleting dropped funnels: {e}");
         }
     }
 

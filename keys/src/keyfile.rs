@@ -8,6 +8,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use zeroize::Zeroizing;
 
@@ -36,6 +37,24 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> KeyFileError + '_ {
 
 /// Writes `contents` to `path` atomically with mode 0600.
 pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), KeyFileError> {
+    write_atomic(path, contents, 0o600, true).map(|_| ())
+}
+
+/// Creates `path` with `contents` and `mode` unless it already exists (then returns false and
+/// leaves it alone), with the same crash safety: the file appears complete or not at all.
+pub fn create_exclusive(path: &Path, contents: &[u8], mode: u32) -> Result<bool, KeyFileError> {
+    write_atomic(path, contents, mode, false)
+}
+
+/// Writes a synced temporary file beside `path`, then renames it over `path` (`replace`) or
+/// links it there unless `path` exists; syncs the directory. True when `path` was written.
+fn write_atomic(
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+    replace: bool,
+) -> Result<bool, KeyFileError> {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -44,25 +63,38 @@ pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), KeyFileError> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let tmp = dir.join(format!(
+        ".{name}.tmp{}.{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
     let result = (|| {
         let mut f = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
-            .mode(0o600)
+            .mode(mode)
             .open(&tmp)?;
         // The mode above is filtered by the umask only towards fewer bits, but a file that
         // already existed keeps its mode: set it explicitly.
-        f.set_permissions(fs::Permissions::from_mode(0o600))?;
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
         f.write_all(contents)?;
         f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
+        let written = if replace {
+            fs::rename(&tmp, path)?;
+            true
+        } else {
+            match fs::hard_link(&tmp, path) {
+                Ok(()) => true,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+                Err(e) => return Err(e),
+            }
+        };
+        File::open(dir)?.sync_all()?;
+        Ok(written)
     })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
+    // After a rename the temporary name is gone; otherwise it is removed here.
+    let _ = fs::remove_file(&tmp);
     result.map_err(io_err(path))
 }
 

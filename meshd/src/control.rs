@@ -27,7 +27,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method};
-use proto::api::{CoordInfo, EndpointsRequest, RegisterRequest, RegisterResponse};
+use proto::api::{
+    CoordInfo, EndpointsRequest, FunnelList, FunnelRequest, FunnelResponse, RegisterRequest,
+    RegisterResponse,
+};
 use proto::auth::{RequestKey, SignedParts};
 use serde::de::DeserializeOwned;
 
@@ -169,6 +172,40 @@ impl ControlClient {
         };
         let _: serde_json::Value = self.post_json("/v1/endpoints", &req).await?;
         Ok(())
+    }
+
+    /// `POST /v1/funnels`: opens a funnel for this node, or renews it (same name: port and
+    /// expiry are replaced). Refusals are [`ControlError::Api`] with coord's code:
+    /// `funnel_not_granted` (403), `funnel_name_taken` (409), `funnel_ttl_too_long` (400), ...
+    pub async fn funnel_open(&self, req: &FunnelRequest) -> Result<FunnelResponse> {
+        self.post_json("/v1/funnels", req).await
+    }
+
+    /// `DELETE /v1/funnels/NAME`: closes one of this node's funnels.
+    pub async fn funnel_close(&self, name: &str) -> Result<()> {
+        // The name goes into the path: only a DNS label, so it cannot change the route.
+        if !proto::policy::is_dns_label(name) {
+            return Err(invalid(&format!(
+                "funnel name {:?} is not a DNS label",
+                one_line(name, 80)
+            )));
+        }
+        let path = format!("/v1/funnels/{name}");
+        let headers = self.signed("DELETE", &path, b"").await?;
+        let (status, answer) = self
+            .send(Method::DELETE, &path, headers, Bytes::new())
+            .await?;
+        let _: serde_json::Value = parse_answer(&format!("DELETE {path}"), status, &answer)?;
+        Ok(())
+    }
+
+    /// `GET /v1/funnels`: this node's live funnels, by name.
+    pub async fn funnels(&self) -> Result<Vec<FunnelResponse>> {
+        let path = "/v1/funnels";
+        let headers = self.signed("GET", path, b"").await?;
+        let (status, answer) = self.send(Method::GET, path, headers, Bytes::new()).await?;
+        let list: FunnelList = parse_answer("GET /v1/funnels", status, &answer)?;
+        Ok(list.funnels)
     }
 
     /// `GET /v1/map`: opens the netmap stream on a connection of its own.

@@ -6,6 +6,7 @@
 pub mod control;
 pub mod daemon;
 pub mod filter;
+pub mod funnel;
 pub(crate) mod netlink;
 pub mod packet;
 pub mod routes;

@@ -6,6 +6,9 @@
 //! | `POST /v1/register` | signed | [`RegisterRequest`] → [`RegisterResponse`] |
 //! | `POST /v1/endpoints` | signed | [`EndpointsRequest`] → `{}` |
 //! | `GET /v1/map` | signed | → stream of [`crate::map::MapMessage`] lines |
+//! | `POST /v1/funnels` | signed | [`FunnelRequest`] → [`FunnelResponse`] |
+//! | `GET /v1/funnels` | signed | → [`FunnelList`] (the caller's live funnels) |
+//! | `DELETE /v1/funnels/NAME` | signed | → `{}` |
 //! | `GET /healthz`, `GET /metrics` | none | → text |
 
 use std::net::SocketAddr;
@@ -13,6 +16,7 @@ use std::net::SocketAddr;
 use keys::PublicKey;
 use serde::{Deserialize, Serialize};
 
+use crate::map::FunnelRoute;
 use crate::node::Node;
 
 /// Largest request body coord reads; larger ones are refused before they are read.
@@ -49,6 +53,37 @@ pub struct RegisterResponse {
 pub struct EndpointsRequest {
     pub version: u32,
     pub endpoints: Vec<SocketAddr>,
+}
+
+/// Opens a funnel for the calling node, or renews it (same name: port and expiry are replaced).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunnelRequest {
+    /// The public name (`NAME.<funnel domain>`), a DNS label; the node's own name if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The local port on the node that the funnel publishes.
+    pub port: u16,
+    /// How long the funnel lives unless renewed; the policy grant's maximum (at most 24h) if
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u64>,
+}
+
+/// A live funnel and the public URL it answers on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunnelResponse {
+    pub route: FunnelRoute,
+    /// `https://NAME.<funnel domain>/`, with `:PORT` when the edge does not listen on 443.
+    pub url: String,
+}
+
+/// `GET /v1/funnels`: the caller's live funnels, by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunnelList {
+    pub funnels: Vec<FunnelResponse>,
 }
 
 /// Every error answer's body: `{"error": {"code": "...", "message": "..."}}`.
@@ -95,5 +130,49 @@ mod tests {
             serde_json::to_string(&err).unwrap(),
             r#"{"error":{"code":"auth_key_expired","message":"auth key expired"}}"#
         );
+    }
+
+    #[test]
+    fn funnel_fixtures() {
+        let req: FunnelRequest =
+            serde_json::from_str(r#"{"name":"demo","port":3000,"ttl_secs":3600}"#).unwrap();
+        assert_eq!(
+            req,
+            FunnelRequest {
+                name: Some("demo".into()),
+                port: 3000,
+                ttl_secs: Some(3600),
+            }
+        );
+        let short: FunnelRequest = serde_json::from_str(r#"{"port":3000}"#).unwrap();
+        assert_eq!((short.name, short.ttl_secs), (None, None));
+        assert_eq!(
+            serde_json::to_string(&FunnelRequest {
+                name: None,
+                port: 8080,
+                ttl_secs: None
+            })
+            .unwrap(),
+            r#"{"port":8080}"#
+        );
+        for bad in [
+            r#"{"port":0,"public":true}"#,
+            r#"{"port":70000}"#,
+            r#"{"port":-1}"#,
+            r#"{"name":"demo"}"#,
+            r#"{"port":3000,"ttl_secs":-5}"#,
+        ] {
+            assert!(serde_json::from_str::<FunnelRequest>(bad).is_err(), "{bad}");
+        }
+
+        let resp_json = r#"{"route":{"name":"demo","node":7,"port":3000,"expires":1800003600},"url":"https://demo.funnel.localhost:8443/"}"#;
+        let resp: FunnelResponse = serde_json::from_str(resp_json).unwrap();
+        assert_eq!(resp.route.node, crate::NodeId(7));
+        assert_eq!(resp.route.expires, 1_800_003_600);
+        assert_eq!(serde_json::to_string(&resp).unwrap(), resp_json);
+        let list: FunnelList =
+            serde_json::from_str(&format!(r#"{{"funnels":[{resp_json}]}}"#)).unwrap();
+        assert_eq!(list.funnels, vec![resp]);
+        assert!(serde_json::from_str::<FunnelList>(r#"{"funnels":[],"more":1}"#).is_err());
     }
 }

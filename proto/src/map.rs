@@ -12,6 +12,11 @@ use serde::{Deserialize, Serialize};
 use crate::node::{Node, NodeId};
 use crate::policy::{PortRange, Protocol};
 
+/// The TCP port on a node's mesh addresses where edges deliver funnel streams. A node with a
+/// live funnel gets a packet-filter rule letting the edges (and only them) reach it; the node
+/// itself decides which local service a stream goes to, and refuses ports it did not publish.
+pub const FUNNEL_INGRESS_PORT: u16 = 41642;
+
 /// One line of the map stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -62,8 +67,9 @@ pub struct FilterRule {
     pub ports: Vec<PortRange>,
 }
 
-/// A published funnel: `https://<name>.<funnel domain>/` goes to `port` on `node`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A published funnel: `https://<name>.<funnel domain>/` goes to `port` on `node`. Netmaps list
+/// routes ordered by name: an edge gets every live route, any other node its own.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FunnelRoute {
     pub name: String,
@@ -334,6 +340,39 @@ mod tests {
             serde_json::to_string(&MapMessage::Keepalive).unwrap(),
             r#"{"type":"keepalive"}"#
         );
+        let routes = r#"{"type":"delta","seq":9,"delta":{"peers_upserted":[],"funnel_routes":[{"name":"demo","node":3,"port":3000,"expires":1800003600}]}}"#;
+        let msg: MapMessage = serde_json::from_str(routes).unwrap();
+        let MapMessage::Delta { delta, .. } = &msg else {
+            panic!("not a delta: {msg:?}")
+        };
+        let mut m = netmap(vec![]);
+        apply(&mut m, delta).unwrap();
+        assert_eq!(
+            m.funnel_routes,
+            vec![FunnelRoute {
+                name: "demo".into(),
+                node: NodeId(3),
+                port: 3000,
+                expires: 1_800_003_600,
+            }]
+        );
+        // An empty list is sent as one: every route is gone.
+        let gone = NetmapDelta {
+            funnel_routes: Some(vec![]),
+            ..Default::default()
+        };
+        assert_eq!(
+            serde_json::to_string(&gone).unwrap(),
+            r#"{"funnel_routes":[]}"#
+        );
+        apply(&mut m, &gone).unwrap();
+        assert!(m.funnel_routes.is_empty());
+        assert_eq!(diff(&netmap(vec![]), &m), NetmapDelta::default());
+        assert!(serde_json::from_str::<FunnelRoute>(
+            r#"{"name":"demo","node":3,"port":3000,"expires":1,"public":true}"#
+        )
+        .is_err());
+
         let revoked: MapMessage =
             serde_json::from_str(r#"{"type":"revoked","reason":"node key expired"}"#).unwrap();
         assert!(matches!(revoked, MapMessage::Revoked { .. }));

@@ -384,8 +384,9 @@ impl Policy {
             .any(|r| r.src.iter().any(|s| s.matches(a)) && r.dst.iter().any(|d| d.matches(b)))
     }
 
-    /// Whether `a` is told about `b`: either may reach the other, or either is an edge (edges
-    /// reach only what a funnel publishes; the node's own filter enforces that).
+    /// Whether the ACLs tell `a` about `b`: either may reach the other. (coord adds the pairs of
+    /// an edge and a node with a live funnel; the node's filter then admits the edge only on
+    /// [`crate::map::FUNNEL_INGRESS_PORT`].)
     pub fn can_see(&self, a: &Node, b: &Node) -> bool {
         a.id != b.id && (self.reaches(a, b) || self.reaches(b, a))
     }

@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used)] // test code
 
 use proto::admin::AdminRequest;
-use proto::api::{EndpointsRequest, RegisterRequest};
+use proto::api::{EndpointsRequest, FunnelList, FunnelRequest, FunnelResponse, RegisterRequest};
 use proto::map::{apply, MapMessage, Netmap};
 use proto::policy::Policy;
 
@@ -105,12 +105,17 @@ fn map_lines_never_panic_and_bad_deltas_never_corrupt() {
     let MapMessage::Full { netmap, .. } = serde_json::from_str(FULL).unwrap() else {
         panic!("fixture")
     };
-    fuzz(&[FULL, DELTA, r#"{"type":"keepalive"}"#], 3000, |b| {
-        if let Ok(MapMessage::Delta { delta, .. }) = serde_json::from_slice::<MapMessage>(b) {
-            let mut m: Netmap = netmap.clone();
-            let _ = apply(&mut m, &delta);
-        }
-    });
+    let routes = r#"{"type":"delta","seq":3,"delta":{"funnel_routes":[{"name":"demo","node":2,"port":3000,"expires":1900000000}]}}"#;
+    fuzz(
+        &[FULL, DELTA, routes, r#"{"type":"keepalive"}"#],
+        3000,
+        |b| {
+            if let Ok(MapMessage::Delta { delta, .. }) = serde_json::from_slice::<MapMessage>(b) {
+                let mut m: Netmap = netmap.clone();
+                let _ = apply(&mut m, &delta);
+            }
+        },
+    );
 }
 
 #[test]
@@ -119,11 +124,16 @@ fn request_bodies_never_panic() {
         &[
             r#"{"version":1,"auth_key":"mfk_0011223344556677_001122334455667700112233445566770011223344556677","hostname":"laptop"}"#,
             r#"{"version":1,"endpoints":["192.0.2.1:41641","[2001:db8::1]:41641"]}"#,
+            r#"{"name":"demo","port":3000,"ttl_secs":3600}"#,
+            r#"{"funnels":[{"route":{"name":"demo","node":7,"port":3000,"expires":1800003600},"url":"https://demo.funnel.localhost/"}]}"#,
         ],
         3000,
         |b| {
             let _ = serde_json::from_slice::<RegisterRequest>(b);
             let _ = serde_json::from_slice::<EndpointsRequest>(b);
+            let _ = serde_json::from_slice::<FunnelRequest>(b);
+            let _ = serde_json::from_slice::<FunnelResponse>(b);
+            let _ = serde_json::from_slice::<FunnelList>(b);
         },
     );
 }

@@ -4,6 +4,7 @@
 //! before anything else; errors become a status and a JSON body in [`respond_error`] only.
 
 pub mod auth;
+mod funnels;
 mod map;
 
 use std::convert::Infallible;
@@ -41,6 +42,10 @@ pub struct Api {
     pub info: CoordInfo,
     /// A map stream quiet this long gets a keepalive line.
     pub map_keepalive: Duration,
+    /// Funnels answer on `https://NAME.<funnel_domain>[:funnel_port]/`.
+    pub funnel_domain: String,
+    /// The edges' public HTTPS port (left out of URLs when 443).
+    pub funnel_port: u16,
 }
 
 /// Accepts TLS connections until `shutdown` turns true.
@@ -126,10 +131,15 @@ async fn route(api: &Api, peer: SocketAddr, req: Request<Incoming>) -> Response<
         (&Method::POST, "/v1/register") => register(api, req).await,
         (&Method::POST, "/v1/endpoints") => endpoints(api, req).await,
         (&Method::GET, "/v1/map") => map::open(api, peer, req).await,
+        (&Method::POST, "/v1/funnels") => funnels::open(api, req).await,
+        (&Method::GET, "/v1/funnels") => funnels::list(api, req).await,
+        (&Method::DELETE, p) if p.starts_with(funnels::PREFIX) => funnels::close(api, req).await,
         (
             _,
-            "/healthz" | "/metrics" | "/v1/info" | "/v1/register" | "/v1/endpoints" | "/v1/map",
+            "/healthz" | "/metrics" | "/v1/info" | "/v1/register" | "/v1/endpoints" | "/v1/map"
+            | "/v1/funnels",
         ) => Err(ApiError::MethodNotAllowed),
+        (_, p) if p.starts_with(funnels::PREFIX) => Err(ApiError::MethodNotAllowed),
         _ => Err(ApiError::NotFound),
     };
     result.unwrap_or_else(|e| respond_error(&e))

@@ -11,7 +11,7 @@ use proto::{Node, NodeId};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::{self_view, Mesh};
+use super::{funnels, self_view, Mesh};
 
 #[derive(Serialize)]
 struct FullOut<'a> {
@@ -28,18 +28,19 @@ struct NetmapOut<'a> {
     peers: Vec<&'a RawValue>,
     dns: DnsConfig,
     packet_filter: Vec<FilterRule>,
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    funnel_routes: &'a [FunnelRoute],
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    funnel_routes: Vec<FunnelRoute>,
 }
 
 impl Mesh {
     /// The `full` line for node `id` at the current sequence number.
     pub(super) fn full_line(&mut self, id: NodeId) -> Option<Bytes> {
         let me = self.nodes.get(&id)?.view.clone();
+        let owners = funnels::owners(&self.funnels);
         let visible: Vec<NodeId> = self
             .nodes
             .values()
-            .filter(|e| !e.expired && self.policy.can_see(&me, &e.view))
+            .filter(|e| !e.expired && self.sees_now(&owners, &me, &e.view))
             .map(|e| e.rec.id)
             .collect();
         for pid in &visible {
@@ -60,8 +61,8 @@ impl Mesh {
                 self_node: self_view(&me),
                 peers,
                 dns: self.dns(),
-                packet_filter: self.policy.filter_for(&me),
-                funnel_routes: &[],
+                packet_filter: funnels::filter_for(&self.policy, &owners, &me),
+                funnel_routes: funnels::routes_for(&self.policy, &self.funnels, &me),
             },
         };
         let mut v = serde_json::to_vec(&out).ok()?;

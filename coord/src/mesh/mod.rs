@@ -5,10 +5,14 @@
 //! up at [`Mesh::poll_timeout`]. Changes are collected and flushed together once the batch
 //! window after the first of them has passed; each stream then gets one delta line, and
 //! streams that get the same delta share one serialized line.
+//!
+//! Funnel routes live here too ([`funnels`]): they are part of edges' and owners' netmaps and
+//! widen who sees whom (edges ↔ nodes with a live funnel).
 
 pub mod alloc;
 mod fanout;
 mod full;
+pub mod funnels;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::{Ipv6Addr, SocketAddr};
@@ -16,11 +20,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use keys::PublicKey;
-use proto::map::{DnsConfig, MapMessage, Netmap};
+use proto::map::{DnsConfig, FunnelRoute, MapMessage, Netmap};
 use proto::policy::Policy;
 use proto::{Node, NodeId};
 
 use crate::store::{NewNode, NodeRecord};
+
+pub use funnels::FunnelError;
 
 /// Identifies one open map stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -76,6 +82,8 @@ struct Pending {
     self_changed: BTreeSet<NodeId>,
     /// The policy before a change in this window.
     old_policy: Option<Policy>,
+    /// The funnel routes before a change in this window.
+    old_funnels: Option<BTreeMap<String, FunnelRoute>>,
 }
 
 /// Counters for `/metrics`.
@@ -94,6 +102,10 @@ pub struct Mesh {
     names: HashSet<String>,
     used_v4: BTreeSet<u32>,
     policy: Policy,
+    /// Live funnel routes by name.
+    funnels: BTreeMap<String, FunnelRoute>,
+    /// Routes dropped by the core itself, for the driver to delete from storage.
+    dropped_funnels: Vec<String>,
     streams: BTreeMap<StreamId, NodeId>,
     /// Nodes with at least one open stream (kept in step with `Entry::streams`).
     online: usize,
@@ -128,6 +140,8 @@ impl Mesh {
             names: HashSet::new(),
             used_v4: BTreeSet::new(),
             policy,
+            funnels: BTreeMap::new(),
+            dropped_funnels: Vec::new(),
             streams: BTreeMap::new(),
             online: 0,
             next_stream: 1,
@@ -294,6 +308,8 @@ impl Mesh {
         self.pending.removed.insert(id, e.view.clone());
         self.pending.upserted.remove(&id);
         self.pending.patched.remove(&id);
+        // A node that may not use the mesh publishes nothing.
+        self.drop_funnels_where(|_, r| r.node == id);
         self.close_streams_of(id, reason);
     }
 
@@ -342,11 +358,17 @@ impl Mesh {
         }
     }
 
+    /// A new policy. Funnels it no longer grants are dropped.
     pub fn set_policy(&mut self, policy: Policy, now: Instant) {
         let old = std::mem::replace(&mut self.policy, policy);
         if self.pending.old_policy.is_none() {
             self.pending.old_policy = Some(old);
         }
+        self.drop_funnels_where(|m, r| {
+            m.nodes
+                .get(&r.node)
+                .is_none_or(|e| m.policy.funnel_ttl(&e.view, r.port).is_err())
+        });
         self.touch(now);
     }
 
@@ -403,18 +425,19 @@ impl Mesh {
     /// The netmap node `id` sees now.
     pub fn netmap_for(&self, id: NodeId) -> Option<Netmap> {
         let me = &self.nodes.get(&id)?.view;
+        let owners = funnels::owners(&self.funnels);
         let peers = self
             .nodes
             .values()
-            .filter(|e| !e.expired && self.policy.can_see(me, &e.view))
+            .filter(|e| !e.expired && self.sees_now(&owners, me, &e.view))
             .map(|e| e.view.clone())
             .collect();
         Some(Netmap {
             self_node: self_view(me),
             peers,
             dns: self.dns(),
-            packet_filter: self.policy.filter_for(me),
-            funnel_routes: vec![],
+            packet_filter: funnels::filter_for(&self.policy, &owners, me),
+            funnel_routes: funnels::routes_for(&self.policy, &self.funnels, me),
         })
     }
 
@@ -425,9 +448,15 @@ impl Mesh {
         }
     }
 
-    /// Periodic work at `now_unix`: key expiry. Returns ephemeral nodes that have been offline
-    /// too long; the driver deletes them from storage and then calls [`Self::remove_node`].
+    /// Periodic work at `now_unix`: key and funnel expiry. Returns ephemeral nodes that have been
+    /// offline too long; the driver deletes them from storage and then calls
+    /// [`Self::remove_node`]. Expired funnels are reported by [`Self::drain_dropped_funnels`].
     pub fn tick(&mut self, now: Instant, now_unix: u64) -> Vec<NodeId> {
+        let before = self.dropped_funnels.len();
+        self.drop_funnels_where(|_, r| r.expires <= now_unix);
+        if self.dropped_funnels.len() > before {
+            self.touch(now);
+        }
         let newly_expired: Vec<NodeId> = self
             .nodes
             .values()

@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::*;
-use proto::map::apply;
+use proto::api::FunnelRequest;
+use proto::map::{apply, FilterRule, FUNNEL_INGRESS_PORT};
+use proto::policy::{PortRange, Protocol};
 
 const T0: u64 = 1_800_000_000;
 
@@ -341,14 +343,31 @@ fn random_operations_keep_every_client_in_step() {
         x % n
     };
     let policies = [
-        Policy::default(),
-        Policy::parse(r#"{"acls": [{"src": ["tag:a"], "dst": ["tag:b"]}]}"#).unwrap(),
-        Policy::parse(r#"{"acls": [{"src": ["n3"], "dst": ["*"]}]}"#).unwrap(),
+        Policy::parse(
+            r#"{"acls": [{"src": ["*"], "dst": ["*"]}],
+                "funnel": [{"nodes": ["*"], "ports": ["*"], "max_ttl": "1m"}],
+                "edges": [{"tag": "tag:c"}]}"#,
+        )
+        .unwrap(),
+        Policy::parse(
+            r#"{"acls": [{"src": ["tag:a"], "dst": ["tag:b"]}],
+                "funnel": [{"nodes": ["tag:a", "n5"], "ports": ["1-100"], "max_ttl": "30s"}],
+                "edges": [{"tag": "tag:c"}]}"#,
+        )
+        .unwrap(),
+        Policy::parse(
+            r#"{"acls": [{"src": ["n3"], "dst": ["*"]}],
+                "funnel": [{"nodes": ["*"], "ports": ["*"]}],
+                "edges": [{"tag": "tag:b"}]}"#,
+        )
+        .unwrap(),
     ];
-    let mut sim = Sim::new(Policy::default());
+    let mut sim = Sim::new(policies[0].clone());
+    let mut funnels_opened = 0;
+    let mut funnels_expired = 0;
     let mut ids = vec![];
-    for step in 0..400 {
-        match rnd(7) {
+    for step in 0..600 {
+        match rnd(10) {
             0 if ids.len() < 30 => {
                 let tag = ["tag:a", "tag:b", "tag:c"][rnd(3) as usize];
                 ids.push(sim.add(&format!("n{}", ids.len()), &[tag]));
@@ -387,6 +406,27 @@ fn random_operations_keep_every_client_in_step() {
                 let id = ids.remove(i);
                 sim.mesh.remove_node(id, sim.now);
             }
+            6 | 7 if !ids.is_empty() => {
+                let id = ids[rnd(ids.len() as u64) as usize];
+                let req = FunnelRequest {
+                    name: Some(format!("f{}", rnd(5))),
+                    port: rnd(200) as u16 + 1,
+                    ttl_secs: Some(rnd(40) + 1),
+                };
+                if let Ok(route) = sim.mesh.plan_funnel(id, &req, sim.unix) {
+                    sim.mesh.set_funnel(route, sim.now);
+                    funnels_opened += 1;
+                }
+            }
+            8 => {
+                let name = format!("f{}", rnd(5));
+                sim.mesh.remove_funnel(&name, sim.now);
+            }
+            9 => {
+                sim.unix += rnd(6);
+                assert!(sim.mesh.tick(sim.now, sim.unix).is_empty());
+                funnels_expired += sim.mesh.drain_dropped_funnels().len();
+            }
             _ => {}
         }
         sim.drain();
@@ -397,6 +437,10 @@ fn random_operations_keep_every_client_in_step() {
     }
     sim.settle();
     sim.check();
+    assert!(
+        funnels_opened > 20 && funnels_expired > 5,
+        "the run exercised funnels: {funnels_opened} opened, {funnels_expired} dropped"
+    );
 }
 
 #[test]
@@ -406,12 +450,23 @@ fn full_lines_from_cached_entries_equal_the_serde_netmap() {
     let a = sim.add("a", &["tag:a"]);
     let b = sim.add("b", &[]);
     let c = sim.add("c", &["tag:a"]);
+    let edge = sim.add("edge", &["tag:edge"]);
     sim.settle();
+    sim.mesh.set_policy(
+        Policy::parse(
+            r#"{"acls": [{"src": ["tag:a"], "dst": ["*"]}],
+                "funnel": [{"nodes": ["b"], "ports": ["*"]}],
+                "edges": [{"tag": "tag:edge"}]}"#,
+        )
+        .unwrap(),
+        sim.now,
+    );
+    open(&mut sim, b, Some("demo"), 8080, None);
     sim.connect(b);
     sim.mesh
         .set_endpoints(c, vec!["192.0.2.3:3".parse().unwrap()], sim.now);
     sim.settle();
-    for id in [a, b, c] {
+    for id in [a, b, c, edge] {
         let want = line(&MapMessage::Full {
             seq: sim.mesh.seq,
             netmap: sim.mesh.netmap_for(id).unwrap(),
@@ -426,4 +481,265 @@ fn full_lines_from_cached_entries_equal_the_serde_netmap() {
         netmap: sim.mesh.netmap_for(b).unwrap(),
     });
     assert_eq!(sim.mesh.full_line(b).unwrap(), want);
+}
+
+fn funnel_policy() -> Policy {
+    Policy::parse(
+        r#"{"acls": [{"src": ["tag:dev"], "dst": ["tag:dev"]}],
+            "funnel": [{"nodes": ["laptop"], "ports": ["3000-3001"], "max_ttl": "1h"},
+                       {"nodes": ["tag:dev"], "ports": ["80"]}],
+            "edges": [{"tag": "tag:edge"}]}"#,
+    )
+    .unwrap()
+}
+
+fn open(sim: &mut Sim, id: NodeId, name: Option<&str>, port: u16, ttl: Option<u64>) -> FunnelRoute {
+    let req = FunnelRequest {
+        name: name.map(str::to_owned),
+        port,
+        ttl_secs: ttl,
+    };
+    let route = sim.mesh.plan_funnel(id, &req, sim.unix).unwrap();
+    sim.mesh.set_funnel(route.clone(), sim.now);
+    route
+}
+
+fn ingress_rule() -> FilterRule {
+    FilterRule {
+        src: vec!["tag:edge".into()],
+        proto: Protocol::Tcp,
+        ports: vec![PortRange {
+            lo: FUNNEL_INGRESS_PORT,
+            hi: FUNNEL_INGRESS_PORT,
+        }],
+    }
+}
+
+#[test]
+fn funnel_routes_reach_edges_and_owner_and_open_only_the_ingress_while_live() {
+    let mut sim = Sim::new(funnel_policy());
+    let edge = sim.add("edge", &["tag:edge"]);
+    let laptop = sim.add("laptop", &[]);
+    let dev = sim.add("dev", &["tag:dev"]);
+    sim.settle();
+    let s_edge = sim.connect(edge);
+    let s_laptop = sim.connect(laptop);
+    let s_dev = sim.connect(dev);
+    sim.settle();
+    sim.check();
+    assert!(sim.peers_of(s_edge).is_empty());
+    assert!(sim.peers_of(s_laptop).is_empty());
+    let map = |sim: &Sim, s: StreamId| sim.clients[&s].1.clone().unwrap();
+    assert!(map(&sim, s_laptop).packet_filter.is_empty());
+
+    let route = open(&mut sim, laptop, None, 3000, None);
+    assert_eq!(route.name, "laptop", "the name defaults to the node's");
+    assert_eq!(route.expires, sim.unix + 3600, "min(24h, grant max)");
+    assert_eq!(sim.settle(), 2, "the edge and the owner, nobody else");
+    sim.check();
+    assert_eq!(map(&sim, s_edge).funnel_routes, vec![route.clone()]);
+    assert_eq!(map(&sim, s_laptop).funnel_routes, vec![route.clone()]);
+    assert!(map(&sim, s_dev).funnel_routes.is_empty());
+    assert_eq!(sim.peers_of(s_edge), vec!["laptop"]);
+    assert_eq!(sim.peers_of(s_laptop), vec!["edge"]);
+    assert!(sim.peers_of(s_dev).is_empty());
+    assert_eq!(map(&sim, s_laptop).packet_filter, vec![ingress_rule()]);
+    assert!(
+        map(&sim, s_edge).packet_filter.is_empty(),
+        "nothing opens the edge"
+    );
+
+    // dev opens one too: the edge sees both routes, laptop only its own.
+    let dev_route = open(&mut sim, dev, Some("www"), 80, Some(30));
+    assert_eq!(sim.settle(), 2);
+    sim.check();
+    assert_eq!(
+        map(&sim, s_edge).funnel_routes,
+        vec![route.clone(), dev_route.clone()]
+    );
+    assert_eq!(map(&sim, s_laptop).funnel_routes, vec![route.clone()]);
+    assert_eq!(sim.peers_of(s_edge), vec!["laptop", "dev"]);
+
+    // Renewal replaces port and expiry; peers and filters stay.
+    sim.unix += 10;
+    let renewed = open(&mut sim, laptop, Some("laptop"), 3001, Some(60));
+    assert_eq!((renewed.port, renewed.expires), (3001, sim.unix + 60));
+    assert_eq!(sim.settle(), 2);
+    sim.check();
+    assert_eq!(map(&sim, s_laptop).funnel_routes, vec![renewed.clone()]);
+
+    // dev's funnel expires (30 s after it opened): the tick drops it and says so.
+    sim.unix += 21;
+    sim.mesh.tick(sim.now, sim.unix);
+    assert_eq!(sim.mesh.drain_dropped_funnels(), vec!["www".to_owned()]);
+    sim.settle();
+    sim.check();
+    assert_eq!(sim.peers_of(s_edge), vec!["laptop"]);
+    assert_eq!(
+        map(&sim, s_dev).packet_filter,
+        funnel_policy().filter_for(&sim.mesh.nodes[&dev].view)
+    );
+
+    // Closing the last funnel takes the route, the peering and the ingress rule away.
+    assert!(sim.mesh.remove_funnel("laptop", sim.now).is_some());
+    assert!(sim.mesh.remove_funnel("laptop", sim.now).is_none());
+    assert_eq!(sim.settle(), 2);
+    sim.check();
+    assert!(map(&sim, s_edge).funnel_routes.is_empty());
+    assert!(sim.peers_of(s_edge).is_empty());
+    assert!(sim.peers_of(s_laptop).is_empty());
+    assert!(map(&sim, s_laptop).packet_filter.is_empty());
+    assert!(
+        sim.mesh.drain_dropped_funnels().is_empty(),
+        "closed by the driver"
+    );
+}
+
+#[test]
+fn funnel_requests_are_checked_against_names_grants_and_ttl() {
+    let mut sim = Sim::new(funnel_policy());
+    let laptop = sim.add("laptop", &[]);
+    let dev = sim.add("dev", &["tag:dev"]);
+    let other = sim.add("other", &[]);
+    let plan = |sim: &Sim, id, name: Option<&str>, port, ttl| {
+        sim.mesh.plan_funnel(
+            id,
+            &FunnelRequest {
+                name: name.map(str::to_owned),
+                port,
+                ttl_secs: ttl,
+            },
+            sim.unix,
+        )
+    };
+    let err = plan(&sim, other, None, 3000, None).unwrap_err();
+    assert!(
+        matches!(&err, FunnelError::NotGranted(m) if m.contains("no funnel grant for node \"other\"")),
+        "{err}"
+    );
+    let err = plan(&sim, laptop, None, 8080, None).unwrap_err();
+    assert!(
+        matches!(&err, FunnelError::NotGranted(m) if m.contains("port 8080")),
+        "{err}"
+    );
+    let err = plan(&sim, laptop, None, 3000, Some(7200)).unwrap_err();
+    assert!(err.to_string().contains("maximum of 1h"), "{err}");
+    assert_eq!(
+        plan(&sim, laptop, None, 3000, Some(0)),
+        Err(FunnelError::TtlTooShort)
+    );
+    assert_eq!(
+        plan(&sim, laptop, None, 0, None),
+        Err(FunnelError::InvalidPort)
+    );
+    assert_eq!(
+        plan(&sim, laptop, None, 3000, Some(1)).unwrap().expires,
+        sim.unix + 1
+    );
+    for bad in ["", "-x", "x-", "Demo", "a.b", &"x".repeat(64)] {
+        assert_eq!(
+            plan(&sim, laptop, Some(bad), 3000, None),
+            Err(FunnelError::InvalidName(bad.to_owned()))
+        );
+    }
+    // A grant without max_ttl allows 24h, which is also the default.
+    assert_eq!(
+        plan(&sim, dev, None, 80, None).unwrap().expires,
+        sim.unix + 86400
+    );
+
+    open(&mut sim, laptop, Some("demo"), 3000, Some(5));
+    assert_eq!(
+        plan(&sim, dev, Some("demo"), 80, None),
+        Err(FunnelError::NameTaken("demo".into()))
+    );
+    assert!(
+        plan(&sim, laptop, Some("demo"), 3001, None).is_ok(),
+        "renewal"
+    );
+    // Once expired (even before a tick) the name is free.
+    sim.unix += 5;
+    assert!(plan(&sim, dev, Some("demo"), 80, None).is_ok());
+}
+
+#[test]
+fn a_removed_or_expired_node_or_a_withdrawn_grant_takes_funnels_away() {
+    let mut sim = Sim::new(funnel_policy());
+    let edge = sim.add("edge", &["tag:edge"]);
+    let laptop = sim.add("laptop", &[]);
+    let dev = sim.add("dev", &["tag:dev"]);
+    let dev2 = sim.add("dev2", &["tag:dev"]);
+    sim.settle();
+    let s_edge = sim.connect(edge);
+    sim.connect(dev);
+    sim.settle();
+    open(&mut sim, laptop, None, 3000, None);
+    open(&mut sim, dev, Some("a"), 80, None);
+    open(&mut sim, dev2, Some("b"), 80, None);
+    sim.settle();
+    sim.check();
+    assert_eq!(sim.peers_of(s_edge), vec!["laptop", "dev", "dev2"]);
+
+    sim.mesh.remove_node(laptop, sim.now);
+    sim.settle();
+    sim.check();
+    assert_eq!(sim.mesh.drain_dropped_funnels(), vec!["laptop".to_owned()]);
+
+    sim.mesh.set_key_expiry(dev2, sim.unix, sim.now, sim.unix);
+    sim.settle();
+    sim.check();
+    assert_eq!(sim.mesh.drain_dropped_funnels(), vec!["b".to_owned()]);
+    assert_eq!(sim.peers_of(s_edge), vec!["dev"]);
+
+    // A policy without dev's grant: its funnel goes, and so does the peering.
+    let p = Policy::parse(
+        r#"{"acls": [{"src": ["tag:dev"], "dst": ["tag:dev"]}],
+            "funnel": [{"nodes": ["laptop"], "ports": ["3000"]}]}"#,
+    )
+    .unwrap();
+    sim.mesh.set_policy(p, sim.now);
+    sim.settle();
+    sim.check();
+    assert_eq!(sim.mesh.drain_dropped_funnels(), vec!["a".to_owned()]);
+    assert!(sim.peers_of(s_edge).is_empty());
+    assert!(sim.clients[&s_edge]
+        .1
+        .as_ref()
+        .unwrap()
+        .funnel_routes
+        .is_empty());
+}
+
+#[test]
+fn stored_funnels_load_without_the_expired_or_ungranted() {
+    let mut sim = Sim::new(funnel_policy());
+    let laptop = sim.add("laptop", &[]);
+    let other = sim.add("other", &[]);
+    let route = |name: &str, node, port, expires| FunnelRoute {
+        name: name.into(),
+        node,
+        port,
+        expires,
+    };
+    sim.mesh.load_funnels(
+        vec![
+            route("live", laptop, 3000, sim.unix + 10),
+            route("old", laptop, 3000, sim.unix),
+            route("nogrant", other, 3000, sim.unix + 10),
+            route("ghost", NodeId(999), 3000, sim.unix + 10),
+        ],
+        sim.unix,
+    );
+    assert_eq!(
+        sim.mesh.funnels_of(laptop),
+        vec![route("live", laptop, 3000, sim.unix + 10)]
+    );
+    let mut dropped = sim.mesh.drain_dropped_funnels();
+    dropped.sort();
+    assert_eq!(dropped, vec!["ghost", "nogrant", "old"]);
+    let s = sim.connect(laptop);
+    assert_eq!(
+        sim.clients[&s].1.as_ref().unwrap().packet_filter,
+        vec![ingress_rule()]
+    );
 }

@@ -41,6 +41,15 @@ const MIGRATIONS: &[&str] = &[
         document TEXT NOT NULL,
         updated  INTEGER NOT NULL
     );",
+    // 2: funnels. A node's funnels go with it (foreign_keys is on for every connection).
+    "CREATE TABLE funnels (
+        name    TEXT PRIMARY KEY,
+        node_id INTEGER NOT NULL REFERENCES nodes(id) ON DELETE CASCADE,
+        port    INTEGER NOT NULL,
+        expires INTEGER NOT NULL,
+        created INTEGER NOT NULL
+    );
+    CREATE INDEX funnels_node ON funnels(node_id);",
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<()> {

@@ -1,4 +1,4 @@
-//! coord's durable state in SQLite: nodes, auth keys, the policy, mesh-wide metadata.
+//! coord's durable state in SQLite: nodes, auth keys, funnels, the policy, mesh-wide metadata.
 //!
 //! One connection, owned by the mesh thread (the only writer). WAL journal with
 //! `synchronous=FULL`: a transaction that returned is on disk, so an acknowledged registration
@@ -8,6 +8,7 @@
 //! Soft state (online, endpoints) is not stored: nodes report it again when they reconnect.
 
 mod authkeys;
+mod funnels;
 mod migrations;
 mod nodes;
 

@@ -1,0 +1,68 @@
+//! The `funnel-edge` binary: `ca` prints the CA certificate clients trust; `run` is a stub.
+
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+
+fn edge() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_funnel-edge"));
+    cmd.env_remove("FUNNEL_EDGE_STATE_DIR")
+        .env_remove("FUNNEL_EDGE_DOMAIN");
+    cmd
+}
+
+#[test]
+fn ca_prints_the_pem_it_keeps() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("edge");
+    let out = edge()
+        .args(["ca", "--domain", "funnel.localhost", "--state-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        printed.starts_with("-----BEGIN CERTIFICATE-----"),
+        "{printed}"
+    );
+    assert_eq!(
+        printed,
+        std::fs::read_to_string(state.join("ca.pem")).unwrap()
+    );
+
+    // Same CA the second time, found through the environment this time.
+    let again = edge()
+        .arg("ca")
+        .env("FUNNEL_EDGE_STATE_DIR", &state)
+        .output()
+        .unwrap();
+    assert!(again.status.success());
+    assert_eq!(String::from_utf8(again.stdout).unwrap(), printed);
+
+    // Another domain with the same state dir is an error, not a silent new CA.
+    let other = edge()
+        .args(["ca", "--domain", "funnel.example.com", "--state-dir"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(!other.status.success());
+    assert!(String::from_utf8_lossy(&other.stderr).contains("another domain"));
+}
+
+#[test]
+fn run_is_not_built_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = edge()
+        .arg("run")
+        .arg("--state-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not built yet"));
+}

@@ -1,0 +1,130 @@
+//! The funnels this node opted in to, sans-IO: the node's own record, which the ingress trusts
+//! rather than the netmap (a misconfigured coordinator or edge still cannot reach a port the node
+//! did not publish). Times are Unix seconds, handed in by the caller.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// One published funnel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalFunnel {
+    pub name: String,
+    /// The local TCP port on 127.0.0.1 it forwards to.
+    pub port: u16,
+    pub url: String,
+    /// Unix seconds after which it is gone.
+    pub expires: u64,
+    /// Lives until its TTL (`--bg`) rather than as long as the `meshd funnel` command.
+    pub background: bool,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct FunnelTable {
+    funnels: BTreeMap<String, LocalFunnel>,
+}
+
+impl FunnelTable {
+    /// A table from saved background funnels, without those already expired.
+    pub fn restore(saved: Vec<LocalFunnel>, now: u64) -> Self {
+        let mut t = Self::default();
+        for f in saved {
+            if f.background && f.expires > now {
+                t.upsert(f);
+            }
+        }
+        t
+    }
+
+    /// Adds or replaces the funnel with this name.
+    pub fn upsert(&mut self, f: LocalFunnel) {
+        self.funnels.insert(f.name.clone(), f);
+    }
+
+    pub fn remove(&mut self, name: &str) -> Option<LocalFunnel> {
+        self.funnels.remove(name)
+    }
+
+    /// The local port of a live funnel.
+    pub fn port_for(&self, name: &str, now: u64) -> Option<u16> {
+        self.funnels
+            .get(name)
+            .filter(|f| f.expires > now)
+            .map(|f| f.port)
+    }
+
+    /// Drops and returns the funnels whose TTL has passed.
+    pub fn expire(&mut self, now: u64) -> Vec<LocalFunnel> {
+        let gone: Vec<String> = self
+            .funnels
+            .values()
+            .filter(|f| f.expires <= now)
+            .map(|f| f.name.clone())
+            .collect();
+        gone.iter().filter_map(|n| self.funnels.remove(n)).collect()
+    }
+
+    pub fn list(&self) -> Vec<LocalFunnel> {
+        self.funnels.values().cloned().collect()
+    }
+
+    /// What survives a restart of meshd: the background funnels.
+    pub fn saved(&self) -> Vec<LocalFunnel> {
+        self.funnels
+            .values()
+            .filter(|f| f.background)
+            .cloned()
+            .collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.funnels.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(name: &str, port: u16, expires: u64, background: bool) -> LocalFunnel {
+        LocalFunnel {
+            name: name.into(),
+            port,
+            url: format!("https://{name}.funnel.localhost/"),
+            expires,
+            background,
+        }
+    }
+
+    #[test]
+    fn only_live_funnels_have_a_port() {
+        let mut t = FunnelTable::default();
+        t.upsert(f("a", 3000, 100, false));
+        t.upsert(f("b", 4000, 200, true));
+        assert_eq!(t.port_for("a", 99), Some(3000));
+        assert_eq!(t.port_for("a", 100), None);
+        assert_eq!(t.port_for("c", 0), None);
+        let gone = t.expire(150);
+        assert_eq!(
+            gone.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(),
+            ["a"]
+        );
+        assert_eq!(t.list().len(), 1);
+        // Renewing replaces the port and expiry.
+        t.upsert(f("b", 4001, 300, true));
+        assert_eq!(t.port_for("b", 250), Some(4001));
+        assert!(t.remove("b").is_some() && t.is_empty());
+    }
+
+    #[test]
+    fn only_background_funnels_survive_a_restart() {
+        let mut t = FunnelTable::default();
+        t.upsert(f("fg", 3000, 500, false));
+        t.upsert(f("bg", 3001, 500, true));
+        t.upsert(f("old", 3002, 50, true));
+        let saved = t.saved();
+        assert_eq!(saved.len(), 2);
+        let r = FunnelTable::restore(saved, 100);
+        assert_eq!(r.list(), vec![f("bg", 3001, 500, true)]);
+    }
+}
