@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use meshd::daemon::api;
 
+mod funnel_cmd;
+
 #[derive(Parser, Debug)]
 #[command(name = "meshd", version, about = "meshfunnel node daemon")]
 struct Cli {
@@ -78,6 +80,9 @@ enum Cmd {
         #[arg(short = 'c', long, default_value_t = 4)]
         count: u32,
     },
+    /// Publish a local port on the internet through the funnel edge: `meshd funnel 3000`,
+    /// `meshd funnel status`, `meshd funnel off [NAME]`.
+    Funnel(funnel_cmd::FunnelArgs),
     /// Stop the running meshd (its TUN device, addresses and routes go with it).
     Down,
     /// Forget this node's identity (key, registration, netmap).
@@ -197,6 +202,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             other => anyhow::bail!("unexpected answer: {other:?}"),
         },
+        Cmd::Funnel(args) => funnel_cmd::run(&cli.state_dir, args),
         Cmd::Logout => {
             meshd::daemon::state::StateDir::open(&cli.state_dir)?.wipe()?;
             println!("identity removed from {}", cli.state_dir.display());

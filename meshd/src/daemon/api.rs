@@ -14,6 +14,8 @@ use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::ping::PingRequest;
+use crate::funnel::service::FunnelService;
+use crate::funnel::table::LocalFunnel;
 use tracing::debug;
 
 /// File name of the local API socket inside the state dir.
@@ -30,6 +32,23 @@ pub enum Request {
     Ping {
         target: String,
     },
+    /// Publishes local `port` as `https://NAME.<funnel domain>/`. Not `background`: the funnel
+    /// lives as long as this connection stays open.
+    FunnelOpen {
+        port: u16,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ttl_secs: Option<u64>,
+        #[serde(default)]
+        background: bool,
+    },
+    /// Closes the named funnel, or all of this node's.
+    FunnelOff {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+    },
+    FunnelStatus,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,6 +64,9 @@ pub enum Response {
     },
     Done {
         message: String,
+    },
+    Funnels {
+        funnels: Vec<LocalFunnel>,
     },
     Error {
         message: String,
@@ -106,52 +128,103 @@ pub fn bind(state_dir: &Path) -> io::Result<UnixListener> {
     Ok(l)
 }
 
-/// Serves requests until the process ends. `down` is sent `true` on `meshd down`.
-pub async fn serve(
-    listener: UnixListener,
-    status: watch::Receiver<Status>,
-    down: watch::Sender<bool>,
-    pings: mpsc::Sender<PingRequest>,
-) {
+/// What the API answers from.
+#[derive(Debug)]
+pub struct Context {
+    pub status: watch::Receiver<Status>,
+    /// Sent `true` on `meshd down`.
+    pub down: watch::Sender<bool>,
+    pub pings: mpsc::Sender<PingRequest>,
+    pub funnels: FunnelService,
+}
+
+/// Serves requests until the process ends.
+pub async fn serve(listener: UnixListener, ctx: Context) {
+    let ctx = std::sync::Arc::new(ctx);
     loop {
         let Ok((conn, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let status = status.clone();
-        let down = down.clone();
-        let pings = pings.clone();
+        let ctx = ctx.clone();
         tokio::spawn(async move {
-            let work = async move {
-                let (r, mut w) = conn.into_split();
+            let (r, mut w) = conn.into_split();
+            let mut r = tokio::io::BufReader::new(r);
+            let work = async {
                 let mut line = String::new();
-                tokio::io::BufReader::new(r)
-                    .take(MAX_LINE)
-                    .read_line(&mut line)
-                    .await?;
-                let resp = match serde_json::from_str::<Request>(&line) {
-                    Ok(Request::Status) => Response::Status(Box::new(status.borrow().clone())),
-                    Ok(Request::Down) => {
-                        let _ = down.send(true);
-                        Response::Done {
-                            message: "meshd is shutting down".into(),
-                        }
-                    }
-                    Ok(Request::Ping { target }) => ping(&pings, &status, target).await,
-                    Err(e) => Response::Error {
-                        message: format!("malformed request: {e}"),
-                    },
-                };
+                (&mut r).take(MAX_LINE).read_line(&mut line).await?;
+                let (resp, hold) = answer(&ctx, &line).await;
                 let mut out = serde_json::to_vec(&resp).unwrap_or_default();
                 out.push(b'\n');
                 w.write_all(&out).await?;
-                w.shutdown().await
+                if hold.is_none() {
+                    w.shutdown().await?;
+                }
+                Ok::<_, io::Error>(hold)
             };
-            if let Ok(Err(e)) = tokio::time::timeout(IO_TIMEOUT, work).await {
-                debug!("local API connection: {e}");
+            let hold = match tokio::time::timeout(IO_TIMEOUT, work).await {
+                Ok(Ok(hold)) => hold,
+                Ok(Err(e)) => {
+                    debug!("local API connection: {e}");
+                    return;
+                }
+                Err(_) => return,
+            };
+            // A foreground funnel lives until its command goes away (Ctrl+C, kill, exit).
+            if let Some(name) = hold {
+                let mut sink = Vec::new();
+                let _ = r.read_to_end(&mut sink).await;
+                if let Err(e) = ctx.funnels.close(Some(&name)).await {
+                    debug!(%name, "closing a foreground funnel: {e}");
+                }
             }
         });
     }
+}
+
+/// The answer to one request line, and the funnel to close when the client goes away (foreground
+/// funnels).
+async fn answer(ctx: &Context, line: &str) -> (Response, Option<String>) {
+    let resp = match serde_json::from_str::<Request>(line) {
+        Ok(Request::Status) => Response::Status(Box::new(ctx.status.borrow().clone())),
+        Ok(Request::Down) => {
+            let _ = ctx.down.send(true);
+            Response::Done {
+                message: "meshd is shutting down".into(),
+            }
+        }
+        Ok(Request::Ping { target }) => ping(&ctx.pings, &ctx.status, target).await,
+        Ok(Request::FunnelOpen {
+            port,
+            name,
+            ttl_secs,
+            background,
+        }) => {
+            return match ctx.funnels.open(port, name, ttl_secs, background).await {
+                Ok(f) => {
+                    let hold = (!background).then(|| f.name.clone());
+                    (Response::Funnels { funnels: vec![f] }, hold)
+                }
+                Err(message) => (Response::Error { message }, None),
+            }
+        }
+        Ok(Request::FunnelOff { name }) => match ctx.funnels.close(name.as_deref()).await {
+            Ok(names) if names.is_empty() => Response::Done {
+                message: "no funnels were open".into(),
+            },
+            Ok(names) => Response::Done {
+                message: format!("closed {}", names.join(", ")),
+            },
+            Err(message) => Response::Error { message },
+        },
+        Ok(Request::FunnelStatus) => Response::Funnels {
+            funnels: ctx.funnels.list(),
+        },
+        Err(e) => Response::Error {
+            message: format!("malformed request: {e}"),
+        },
+    };
+    (resp, None)
 }
 
 async fn ping(
@@ -189,6 +262,14 @@ async fn ping(
 
 /// The CLI side: one request, blocking.
 pub fn request(state_dir: &Path, req: &Request) -> anyhow::Result<Response> {
+    request_held(state_dir, req).map(|(resp, _)| resp)
+}
+
+/// Like [`request`], and keeps the connection: a foreground funnel lives as long as it is open.
+pub fn request_held(
+    state_dir: &Path,
+    req: &Request,
+) -> anyhow::Result<(Response, std::os::unix::net::UnixStream)> {
     let path = state_dir.join(SOCKET);
     let mut conn = std::os::unix::net::UnixStream::connect(&path).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => anyhow::anyhow!(
@@ -203,7 +284,9 @@ pub fn request(state_dir: &Path, req: &Request) -> anyhow::Result<Response> {
     let mut line = serde_json::to_vec(req)?;
     line.push(b'\n');
     conn.write_all(&line)?;
+    let mut reader = BufReader::new(conn.try_clone()?);
     let mut answer = String::new();
-    BufReader::new(conn).read_line(&mut answer)?;
-    Ok(serde_json::from_str(&answer)?)
+    reader.read_line(&mut answer)?;
+    conn.set_read_timeout(None)?;
+    Ok((serde_json::from_str(&answer)?, conn))
 }

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod control_loop;
 pub mod dataplane;
+mod funnels;
 mod outbox;
 pub mod ping;
 pub mod state;
@@ -22,6 +23,7 @@ use tracing::{info, warn};
 
 use crate::control::{ControlClient, ControlError, Trust};
 use crate::filter::{FilterLimits, PacketFilter};
+use crate::funnel::service::FunnelService;
 use crate::wg::Peers;
 use control_loop::{ControlLoop, ControlState};
 use state::{Identity, StateDir};
@@ -161,6 +163,8 @@ pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
 
     let initial = saved_map.map(|m| ControlState::Netmap(Box::new(m)));
     let (tx, rx) = watch::channel(initial);
+    let funnel_service = FunnelService::new(client.clone(), state.clone());
+    let ingress = funnels::ingress(&funnel_service, rx.clone());
     let (connected_tx, connected_rx) = watch::channel(false);
     let control = ControlLoop {
         client,
@@ -176,7 +180,15 @@ pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let (status_tx, status_rx) = watch::channel(api::Status::default());
     let (ping_tx, ping_rx) = tokio::sync::mpsc::channel(16);
-    tokio::spawn(api::serve(api, status_rx, stop_tx.clone(), ping_tx));
+    tokio::spawn(api::serve(
+        api,
+        api::Context {
+            status: status_rx,
+            down: stop_tx.clone(),
+            pings: ping_tx,
+            funnels: funnel_service,
+        },
+    ));
     tokio::spawn(async move {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -199,7 +211,13 @@ pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
         me,
     };
     let result = match (dev, socks) {
-        (Some(dev), _) => dataplane::spawn(dev, udp, peers, wiring).await,
+        (Some(dev), _) => {
+            let addrs = [wiring.me.ipv4.into(), wiring.me.ipv6.into()];
+            if let Err(e) = funnels::serve_kernel(ingress, addrs).await {
+                warn!("funnel ingress on the mesh addresses: {e}");
+            }
+            dataplane::spawn(dev, udp, peers, wiring).await
+        }
         (None, socks) => {
             let (core, stack) = crate::userspace::StackCore::new(
                 wiring.me.ipv4,
@@ -212,6 +230,7 @@ pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
                 let resolve = crate::userspace::netmap_resolver(wiring.control.clone());
                 tasks.spawn(crate::userspace::socks5::serve(l, stack.clone(), resolve));
             }
+            tasks.spawn(funnels::serve_stack(ingress, stack.clone()));
             for (mesh_port, local) in cfg.serve_tcp.clone() {
                 let stack = stack.clone();
                 tasks.spawn(async move {

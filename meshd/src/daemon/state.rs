@@ -5,6 +5,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use crate::funnel::table::LocalFunnel;
 use anyhow::Context as _;
 use keys::keyfile;
 use keys::PrivateKey;
@@ -74,9 +75,18 @@ impl StateDir {
         self.write_json("netmap.json", map)
     }
 
-    /// Forgets the identity (`meshd logout`): key, identity and netmap.
+    /// The background funnels (`meshd funnel --bg`), which outlive a restart until their TTL.
+    pub fn funnels(&self) -> anyhow::Result<Vec<LocalFunnel>> {
+        Ok(self.read_json("funnels.json")?.unwrap_or_default())
+    }
+
+    pub fn save_funnels(&self, funnels: &[LocalFunnel]) -> anyhow::Result<()> {
+        self.write_json("funnels.json", &funnels)
+    }
+
+    /// Forgets the identity (`meshd logout`): key, identity, netmap and funnels.
     pub fn wipe(&self) -> anyhow::Result<()> {
-        for f in ["node.key", "node.json", "netmap.json"] {
+        for f in ["node.key", "node.json", "netmap.json", "funnels.json"] {
             match std::fs::remove_file(self.dir.join(f)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -20,7 +20,7 @@ mod conntrack;
 #[cfg(test)]
 mod lifetime_tests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod types;
 
 use std::time::Instant;

@@ -15,7 +15,7 @@ pub(super) const PEER: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
 const ME6: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 2, 0, 0, 0, 0x6440, 1);
 const PEER6: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 2, 0, 0, 0, 0x6440, 2);
 
-pub(super) fn node(id: u64, name: &str, tags: &[&str]) -> Node {
+pub(crate) fn node(id: u64, name: &str, tags: &[&str]) -> Node {
     Node {
         id: NodeId(id),
         name: name.into(),
@@ -30,7 +30,7 @@ pub(super) fn node(id: u64, name: &str, tags: &[&str]) -> Node {
     }
 }
 
-pub(super) fn rule(src: &[&str], proto: Protocol, ports: &[&str]) -> FilterRule {
+pub(crate) fn rule(src: &[&str], proto: Protocol, ports: &[&str]) -> FilterRule {
     FilterRule {
         src: src.iter().map(|s| s.to_string()).collect(),
         proto,

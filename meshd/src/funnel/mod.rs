@@ -1,6 +1,9 @@
-//! Funnels on the node side: the funnels this node opted in to ([`table`]), the ingress that
-//! edges deliver public requests to ([`ingress`]) and its one-line handshake ([`wire`]).
+//! Funnels on the node side: the funnels this node opted in to ([`table`], kept by
+//! [`service`]), the ingress that edges deliver public requests to ([`ingress`]), its one-line
+//! handshake ([`wire`]) and who the edges are ([`edges`]).
 
+pub mod edges;
 pub mod ingress;
+pub mod service;
 pub mod table;
 pub mod wire;

@@ -197,13 +197,43 @@ pub fn netmap_resolver(control: watch::Receiver<Option<ControlState>>) -> socks5
 /// are finished. `early` is data the local side sent ahead (after a SOCKS request). A FIN on one
 /// side becomes a FIN on the other; a reset on either side resets the other.
 pub async fn splice(conn: Connection, mut tcp: TcpStream, early: Vec<u8>) -> io::Result<()> {
+    let _ = tcp.set_nodelay(true);
+    let (up, down) = pump(conn, &mut tcp, early).await;
+    if let Err(e) = &down {
+        if e.kind() == io::ErrorKind::ConnectionReset {
+            // Pass the peer's reset on: closing with linger 0 sends RST.
+            #[allow(deprecated)]
+            let _ = tcp.set_linger(Some(Duration::ZERO));
+        }
+    }
+    down.and(up)
+}
+
+/// A mesh connection as an ordinary byte stream (for code written against `AsyncRead` and
+/// `AsyncWrite`, such as an HTTP client or the funnel ingress). A task copies between the two.
+pub fn into_io(conn: Connection) -> tokio::io::DuplexStream {
+    let (ours, mut theirs) = tokio::io::duplex(4 * stack::CHUNK);
+    tokio::spawn(async move {
+        let _ = pump(conn, &mut theirs, vec![]).await;
+    });
+    ours
+}
+
+/// The two directions of [`splice`]: (local → mesh, mesh → local).
+async fn pump<S>(
+    conn: Connection,
+    local: &mut S,
+    early: Vec<u8>,
+) -> (io::Result<()>, io::Result<()>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let Connection {
         mut reader,
         mut writer,
         ..
     } = conn;
-    let _ = tcp.set_nodelay(true);
-    let (mut r, mut w) = tcp.split();
+    let (mut r, mut w) = tokio::io::split(local);
     let up = async {
         if !early.is_empty() {
             writer.send(early.into()).await?;
@@ -227,32 +257,22 @@ pub async fn splice(conn: Connection, mut tcp: TcpStream, early: Vec<u8>) -> io:
         }
         w.shutdown().await
     };
-    let (up, down) = {
-        tokio::pin!(up, down);
-        let (mut up_res, mut down_res) = (None, None);
-        while up_res.is_none() || down_res.is_none() {
-            tokio::select! {
-                r = &mut up, if up_res.is_none() => up_res = Some(r),
-                r = &mut down, if down_res.is_none() => {
-                    let failed = r.is_err();
-                    down_res = Some(r);
-                    // The peer is gone: stop reading from the local side too.
-                    if failed {
-                        break;
-                    }
+    tokio::pin!(up, down);
+    let (mut up_res, mut down_res) = (None, None);
+    while up_res.is_none() || down_res.is_none() {
+        tokio::select! {
+            r = &mut up, if up_res.is_none() => up_res = Some(r),
+            r = &mut down, if down_res.is_none() => {
+                let failed = r.is_err();
+                down_res = Some(r);
+                // The peer is gone: stop reading from the local side too.
+                if failed {
+                    break;
                 }
             }
         }
-        (up_res.unwrap_or(Ok(())), down_res.unwrap_or(Ok(())))
-    };
-    if let Err(e) = &down {
-        if e.kind() == io::ErrorKind::ConnectionReset {
-            // Pass the peer's reset on: closing with linger 0 sends RST.
-            #[allow(deprecated)]
-            let _ = tcp.set_linger(Some(Duration::ZERO));
-        }
     }
-    down.and(up)
+    (up_res.unwrap_or(Ok(())), down_res.unwrap_or(Ok(())))
 }
 
 /// `--serve-tcp MESHPORT:LOCAL`: connections to the node's mesh port are forwarded to a local

@@ -1,0 +1,94 @@
+//! Wires the funnel ingress into a running node: who the edges are (from each netmap), the
+//! listeners on the node's mesh addresses (TUN mode: kernel sockets on the mesh addresses;
+//! userspace mode: the stack), and the expiry of the node's own funnels.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use proto::map::FUNNEL_INGRESS_PORT;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+use super::control_loop::ControlState;
+use crate::funnel::edges::edge_addresses;
+use crate::funnel::ingress::Ingress;
+use crate::funnel::service::FunnelService;
+use crate::userspace::handle::Stack;
+
+/// Starts the edge tracking and expiry tasks; returns the ingress to serve.
+pub fn ingress(
+    funnels: &FunnelService,
+    mut control: watch::Receiver<Option<ControlState>>,
+) -> Ingress {
+    let edges: Arc<RwLock<HashSet<IpAddr>>> = Arc::default();
+    let current = edges.clone();
+    tokio::spawn(async move {
+        loop {
+            let set = match &*control.borrow_and_update() {
+                Some(ControlState::Netmap(map)) => edge_addresses(map),
+                _ => HashSet::new(),
+            };
+            *current.write().unwrap_or_else(PoisonError::into_inner) = set;
+            if control.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    tokio::spawn(funnels.clone().expire_forever());
+    Ingress {
+        funnels: funnels.table(),
+        is_edge: Arc::new(move |ip| {
+            edges
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains(&ip)
+        }),
+    }
+}
+
+/// TUN mode: listens on the node's mesh addresses (the kernel routes them through the device).
+pub async fn serve_kernel(ingress: Ingress, addrs: [IpAddr; 2]) -> std::io::Result<()> {
+    for ip in addrs {
+        let l = TcpListener::bind(SocketAddr::new(ip, FUNNEL_INGRESS_PORT)).await?;
+        let ingress = ingress.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, from)) = l.accept().await else {
+                    // Out of file descriptors, say: wait instead of spinning.
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                };
+                let ingress = ingress.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = ingress.handle(stream, from.ip()).await {
+                        debug!(%from, "funnel ingress: {e}");
+                    }
+                });
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Userspace mode: listens on the stack.
+pub async fn serve_stack(ingress: Ingress, stack: Stack) {
+    let mut l = match stack.listen(FUNNEL_INGRESS_PORT).await {
+        Ok(l) => l,
+        Err(e) => {
+            warn!("funnel ingress: {e}");
+            return;
+        }
+    };
+    while let Some(conn) = l.accept().await {
+        let from = conn.remote.ip();
+        let ingress = ingress.clone();
+        tokio::spawn(async move {
+            let io = crate::userspace::into_io(conn);
+            if let Err(e) = ingress.handle(io, from).await {
+                debug!(%from, "funnel ingress: {e}");
+            }
+        });
+    }
+}
