@@ -51,7 +51,7 @@ impl ResolvesServerCert for SniResolver {
         match self.source.certified_key(name) {
             Ok(key) => Some(key),
             // Whatever a client puts in its SNI is its business: not worth more than DEBUG.
-            Err(e @ CertError::NotOurName { .. }) => {
+            Err(e @ (CertError::NotOurName { .. } | CertError::RateLimited { .. })) => {
                 tracing::debug!("TLS handshake refused: {e}");
                 None
             }

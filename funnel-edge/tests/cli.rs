@@ -55,14 +55,16 @@ fn ca_prints_the_pem_it_keeps() {
 }
 
 #[test]
-fn run_is_not_built_yet() {
+fn run_says_what_is_missing_on_first_use() {
     let dir = tempfile::tempdir().unwrap();
     let out = edge()
         .arg("run")
         .arg("--state-dir")
         .arg(dir.path())
+        .args(["--https-listen", "127.0.0.1:0", "--userspace"])
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not built yet"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--coord URL is required the first time"), "{err}");
 }

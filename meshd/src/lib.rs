@@ -10,5 +10,6 @@ pub mod funnel;
 pub(crate) mod netlink;
 pub mod packet;
 pub mod routes;
+pub mod sample_page;
 pub mod userspace;
 pub mod wg;

@@ -83,6 +83,11 @@ enum Cmd {
     /// Publish a local port on the internet through the funnel edge: `meshd funnel 3000`,
     /// `meshd funnel status`, `meshd funnel off [NAME]`.
     Funnel(funnel_cmd::FunnelArgs),
+    /// Serve a small built-in HTML page on a local address (something to funnel).
+    SamplePage {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+    },
     /// Stop the running meshd (its TUN device, addresses and routes go with it).
     Down,
     /// Forget this node's identity (key, registration, netmap).
@@ -203,6 +208,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             other => anyhow::bail!("unexpected answer: {other:?}"),
         },
         Cmd::Funnel(args) => funnel_cmd::run(&cli.state_dir, args),
+        Cmd::SamplePage { listen } => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let l = tokio::net::TcpListener::bind(listen).await?;
+                println!("sample page on http://{}/", l.local_addr()?);
+                meshd::sample_page::serve(l).await
+            })?;
+            Ok(())
+        }
         Cmd::Logout => {
             meshd::daemon::state::StateDir::open(&cli.state_dir)?.wipe()?;
             println!("identity removed from {}", cli.state_dir.display());

@@ -271,6 +271,12 @@ impl CertSource for LocalCa {
         self.lock_cache().insert(name, key.clone(), not_after);
         Ok(key)
     }
+
+    fn cached(&self, server_name: &str) -> Option<Arc<CertifiedKey>> {
+        let name = name_below(server_name, &self.domain).ok()?;
+        self.lock_cache()
+            .get(&name, (self.clock)(), self.policy.renew_before)
+    }
 }
 
 fn ca_params(domain: &str, now: SystemTime) -> CertificateParams {

@@ -6,7 +6,8 @@
 //! SNI can never make the edge mint or fetch a certificate for somebody else's name.
 //!
 //! [`LocalCa`] is the embedded default: the edge's own CA, whose certificate (`ca.pem`) is what
-//! clients trust. ACME is meant to be a second implementation of the same trait.
+//! clients trust. ACME is meant to be a second implementation of the same trait. [`Gated`]
+//! wraps a source so that names without a funnel cannot make it sign without limit.
 
 use std::fmt;
 use std::io;
@@ -16,8 +17,10 @@ use std::sync::Arc;
 use rustls::sign::CertifiedKey;
 
 mod cache;
+mod gated;
 mod local_ca;
 
+pub use gated::{Gated, IssueLimit};
 pub use local_ca::{LeafPolicy, LocalCa};
 
 /// Something that can hand out a certificate and key for a server name. Called from many tasks
@@ -25,6 +28,13 @@ pub use local_ca::{LeafPolicy, LocalCa};
 pub trait CertSource: Send + Sync + fmt::Debug {
     /// The certificate chain and signing key for `server_name` (the client's SNI, as sent).
     fn certified_key(&self, server_name: &str) -> Result<Arc<CertifiedKey>, CertError>;
+
+    /// The certificate for `server_name` if the source already holds a fresh one, so that
+    /// handing it out costs no signing or fetching. Sources without a cache say `None`.
+    fn cached(&self, server_name: &str) -> Option<Arc<CertifiedKey>> {
+        let _ = server_name;
+        None
+    }
 }
 
 /// Why a certificate could not be provided.
@@ -47,6 +57,9 @@ pub enum CertError {
     Generate(#[from] rcgen::Error),
     #[error("loading a generated key into rustls: {0}")]
     Rustls(#[from] rustls::Error),
+    /// Too many certificates for names without a funnel were asked for lately.
+    #[error("certificate issuance for unknown names is rate-limited; {name:?} refused")]
+    RateLimited { name: String },
 }
 
 /// Lowercases `domain`, drops one trailing dot and checks it is a DNS name made of LDH labels.

@@ -74,7 +74,91 @@ fn unreachable(e: &ControlError) -> bool {
     )
 }
 
+/// A node running in this process: what an embedding program (the funnel edge) uses.
+#[derive(Debug)]
+pub struct Node {
+    /// This node as the coordinator registered it.
+    pub me: proto::Node,
+    /// The latest netmap (or revocation), as the control loop publishes it.
+    pub control: watch::Receiver<Option<ControlState>>,
+    /// Userspace mode: the TCP/IP stack that owns the mesh addresses.
+    stack: Option<crate::userspace::Stack>,
+    stop: watch::Sender<bool>,
+    done: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// A TCP stream to a mesh address, in either mode.
+pub trait MeshIo: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> MeshIo for T {}
+
+/// Opens TCP connections over the mesh; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Dialer {
+    stack: Option<crate::userspace::Stack>,
+}
+
+impl Dialer {
+    /// Opens a TCP connection to `addr` over the mesh: through the kernel (TUN mode, the mesh
+    /// routes go through the device) or the userspace stack.
+    pub async fn dial(&self, addr: SocketAddr) -> std::io::Result<Box<dyn MeshIo>> {
+        match &self.stack {
+            Some(stack) => {
+                let conn = stack.connect(addr).await?;
+                Ok(Box::new(crate::userspace::into_io(conn)))
+            }
+            None => {
+                let s = tokio::net::TcpStream::connect(addr).await?;
+                let _ = s.set_nodelay(true);
+                Ok(Box::new(s))
+            }
+        }
+    }
+}
+
+impl Node {
+    pub fn dialer(&self) -> Dialer {
+        Dialer {
+            stack: self.stack.clone(),
+        }
+    }
+
+    /// Asks the node to stop (as SIGTERM or `meshd down` do).
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// A handle that stops the node, for a signal handler.
+    pub fn stopper(&self) -> watch::Sender<bool> {
+        self.stop.clone()
+    }
+
+    /// Waits until the node has stopped (its TUN device and API socket removed).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.done.await.context("the node's task failed")?
+    }
+}
+
+/// `meshd up`: runs a node until SIGINT, SIGTERM or `meshd down`.
 pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
+    let node = start(cfg).await?;
+    let stop = node.stopper();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => return,
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+        let _ = stop.send(true);
+    });
+    node.wait().await
+}
+
+/// Joins the mesh and starts the node's tasks; returns once the node is up.
+pub async fn start(cfg: UpConfig) -> anyhow::Result<Node> {
     if !cfg.userspace && !cfg.serve_tcp.is_empty() {
         bail!("--serve-tcp needs --userspace (in TUN mode, services listen on the mesh address)");
     }
@@ -189,18 +273,6 @@ pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
             funnels: funnel_service,
         },
     ));
-    tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(t) => t,
-                Err(_) => return,
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {},
-            _ = term.recv() => {},
-        }
-        let _ = stop_tx.send(true);
-    });
     let peers = Peers::new(key, PacketFilter::new(FilterLimits::default()));
     let wiring = dataplane::Wiring {
         control: rx,
@@ -210,13 +282,15 @@ pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
         shutdown: stop_rx,
         me,
     };
-    let result = match (dev, socks) {
+    let node_control = wiring.control.clone();
+    let me = wiring.me.clone();
+    let (run, stack): (BoxFuture<std::io::Result<()>>, _) = match (dev, socks) {
         (Some(dev), _) => {
             let addrs = [wiring.me.ipv4.into(), wiring.me.ipv6.into()];
             if let Err(e) = funnels::serve_kernel(ingress, addrs).await {
                 warn!("funnel ingress on the mesh addresses: {e}");
             }
-            dataplane::spawn(dev, udp, peers, wiring).await
+            (Box::pin(dataplane::spawn(dev, udp, peers, wiring)), None)
         }
         (None, socks) => {
             let (core, stack) = crate::userspace::StackCore::new(
@@ -239,19 +313,32 @@ pub async fn up(cfg: UpConfig) -> anyhow::Result<()> {
                     }
                 });
             }
-            let r = match udp.into_udp() {
-                Ok(udp) => crate::userspace::run(core, Arc::new(udp), peers, wiring).await,
-                Err(e) => Err(e),
+            let udp = udp.into_udp()?;
+            let run = async move {
+                let r = crate::userspace::run(core, Arc::new(udp), peers, wiring).await;
+                tasks.abort_all();
+                r
             };
-            tasks.abort_all();
-            r
+            (Box::pin(run), Some(stack))
         }
     };
-    control_task.abort();
-    let _ = std::fs::remove_file(state_dir.join(api::SOCKET));
-    info!("meshd stopped");
-    result.context("data plane")
+    let done = tokio::spawn(async move {
+        let result = run.await;
+        control_task.abort();
+        let _ = std::fs::remove_file(state_dir.join(api::SOCKET));
+        info!("meshd stopped");
+        result.context("data plane")
+    });
+    Ok(Node {
+        me,
+        control: node_control,
+        stack,
+        stop: stop_tx,
+        done,
+    })
 }
+
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
 fn create_tun(name: &str, me: &proto::Node) -> anyhow::Result<tun_rs::SyncDevice> {
     let build = |offload: bool| {

@@ -1,0 +1,259 @@
+//! Pure request checks and header rewriting for the proxy: which request targets are refused,
+//! which host a request names, and what the node gets to see. No I/O.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, StatusCode, Version};
+
+use crate::routes::normalize_host;
+
+/// Headers that only describe one connection (RFC 9110 §7.6.1, plus the legacy ones).
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Forwarding and identity headers a client must not be able to forge.
+const FORWARDING: [&str; 7] = [
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-server",
+    "forwarded",
+    "x-real-ip",
+];
+
+/// The prefix of the edge's own headers (`X-Meshfunnel-Funnel`); client copies are dropped.
+const OWN_PREFIX: &str = "x-meshfunnel-";
+pub const FUNNEL_HEADER: &str = "x-meshfunnel-funnel";
+
+/// Why a request is answered by the edge itself before routing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reject {
+    pub status: StatusCode,
+    pub message: &'static str,
+}
+
+const fn reject(status: StatusCode, message: &'static str) -> Reject {
+    Reject { status, message }
+}
+
+/// Refuses request targets that are not a path: `*` (asterisk form), CONNECT (authority form,
+/// and HTTP/2 extended CONNECT), and absolute URIs with a scheme other than http(s).
+pub fn check_target<B>(req: &Request<B>) -> Result<(), Reject> {
+    if req.method() == Method::CONNECT {
+        return Err(reject(
+            StatusCode::BAD_REQUEST,
+            "CONNECT requests are not supported.",
+        ));
+    }
+    let uri = req.uri();
+    if !uri.path().starts_with('/') {
+        return Err(reject(
+            StatusCode::BAD_REQUEST,
+            "The request target must be a path starting with \"/\".",
+        ));
+    }
+    if let Some(scheme) = uri.scheme_str() {
+        if !scheme.eq_ignore_ascii_case("https") && !scheme.eq_ignore_ascii_case("http") {
+            return Err(reject(
+                StatusCode::BAD_REQUEST,
+                "Unsupported scheme in the request target.",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The host the request names, as sent (Host header, else the URI's authority / `:authority`),
+/// checked against the TLS server name: every place that names a host must name `sni`'s host.
+pub fn check_host<B>(req: &Request<B>, sni: &str) -> Result<String, Reject> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host_header = hosts.next();
+    if hosts.next().is_some() {
+        return Err(reject(
+            StatusCode::BAD_REQUEST,
+            "More than one Host header.",
+        ));
+    }
+    let host_header = match host_header.map(HeaderValue::to_str) {
+        None => None,
+        Some(Ok(h)) => Some(h),
+        Some(Err(_)) => return Err(reject(StatusCode::BAD_REQUEST, "Invalid Host header.")),
+    };
+    let authority = req.uri().authority().map(|a| a.as_str());
+    let Some(sent) = host_header.or(authority) else {
+        return Err(reject(StatusCode::BAD_REQUEST, "Missing Host header."));
+    };
+    let want = normalize_host(sni);
+    for h in [host_header, authority].into_iter().flatten() {
+        if h.contains('@') {
+            return Err(reject(
+                StatusCode::BAD_REQUEST,
+                "User information is not allowed in the host.",
+            ));
+        }
+        if normalize_host(h).is_none() || normalize_host(h) != want {
+            return Err(reject(
+                StatusCode::MISDIRECTED_REQUEST,
+                "This connection was set up for a different host name than the request names.",
+            ));
+        }
+    }
+    Ok(sent.to_owned())
+}
+
+/// Whether the client asks to switch protocols (WebSocket and the like; HTTP/1.1 only).
+pub fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && connection_has(req.headers(), "upgrade")
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes hop-by-hop headers, including those the Connection header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// What the proxy knows about a request's origin.
+#[derive(Debug, Clone)]
+pub struct Forwarding<'a> {
+    pub client_ip: IpAddr,
+    /// The Host as the client sent it (already checked against the SNI name).
+    pub host: &'a str,
+    pub funnel: &'a str,
+    /// Keep `Connection: upgrade` and `Upgrade`.
+    pub upgrade: bool,
+}
+
+/// Rewrites a client's request headers for the node: hop-by-hop and forged forwarding headers
+/// out; Host kept; `X-Forwarded-For/-Host/-Proto` and `X-Meshfunnel-Funnel` set by us.
+pub fn rewrite_request_headers(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
+    let upgrade = if fwd.upgrade {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
+    strip_hop_by_hop(headers);
+    for name in FORWARDING {
+        headers.remove(name);
+    }
+    let own: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with(OWN_PREFIX))
+        .cloned()
+        .collect();
+    for name in own {
+        headers.remove(name);
+    }
+    // The edge already answered any `Expect: 100-continue` itself, and streams the body.
+    headers.remove(header::EXPECT);
+    // HTTP/2 may split cookies into several fields; HTTP/1.1 wants one (RFC 9113 §8.2.3).
+    let cookies: Vec<&[u8]> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    if cookies.len() > 1 {
+        let joined = cookies.join(&b"; "[..]);
+        if let Ok(v) = HeaderValue::from_bytes(&joined) {
+            headers.insert(header::COOKIE, v);
+        }
+    }
+    set(headers, header::HOST, fwd.host);
+    let ip = fwd.client_ip.to_canonical().to_string();
+    set(headers, HeaderName::from_static("x-forwarded-for"), &ip);
+    set(
+        headers,
+        HeaderName::from_static("x-forwarded-host"),
+        fwd.host,
+    );
+    set(
+        headers,
+        HeaderName::from_static("x-forwarded-proto"),
+        "https",
+    );
+    set(headers, HeaderName::from_static(FUNNEL_HEADER), fwd.funnel);
+    if let Some(u) = upgrade {
+        headers.insert(header::UPGRADE, u);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Rewrites a node's response headers for the client. A `101` keeps its `Upgrade`.
+pub fn rewrite_response_headers(headers: &mut HeaderMap, switching: bool) {
+    let upgrade = if switching {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
+    strip_hop_by_hop(headers);
+    if let Some(u) = upgrade {
+        headers.insert(header::UPGRADE, u);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    // Every value set here was a header value already, an IP address or a funnel label.
+    if let Ok(v) = HeaderValue::from_str(value) {
+        headers.insert(name, v);
+    }
+}
+
+/// Whether the proxy may dial `ip` for a request: never loopback, unspecified, link-local
+/// (cloud metadata lives there), multicast or broadcast, whatever a route says.
+pub fn dialable(ip: IpAddr) -> bool {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            !(v4.is_loopback()
+                || v4.is_unspecified()
+                || v4.is_link_local()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.octets()[0] == 0)
+        }
+        IpAddr::V6(v6) => {
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+                // AWS's IPv6 metadata endpoint.
+                || v6 == std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254))
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "headers_tests.rs"]
+mod tests;

@@ -1,0 +1,360 @@
+//! The edge's HTTPS reverse proxy: accepts TLS, serves HTTP/1.1 or HTTP/2 (by ALPN) and sends
+//! each request over the mesh to the node that opened the funnel.
+//!
+//! Per request, in this order: the target must be a path ([`headers::check_target`]: no `*`, no
+//! CONNECT); every host the request names must be the TLS server name (else 421); the route is
+//! looked up from that same name; only then is the route's node dialed, on its mesh address and
+//! [`proto::map::FUNNEL_INGRESS_PORT`] and nowhere else. Bodies stream both ways and are never
+//! buffered whole; upgraded connections (WebSocket) are spliced.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info};
+
+use crate::dial::Dialer;
+use crate::routes::{Lookup, RouteTable};
+
+pub mod headers;
+mod pages;
+mod upstream;
+
+/// A response body: the node's, streamed, or one of the edge's own pages.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Limits and timeouts of the proxy.
+#[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    /// From TCP accept to a finished TLS handshake.
+    pub tls_handshake_timeout: Duration,
+    /// For a request's header to arrive (HTTP/1.1).
+    pub header_read_timeout: Duration,
+    /// A connection with no bytes either way for this long is closed gracefully (a request in
+    /// flight is finished first; after another idle period the connection is dropped).
+    pub idle_timeout: Duration,
+    /// Largest request header block (HTTP/1.1 buffer, HTTP/2 header list).
+    pub max_header_bytes: usize,
+    /// Opening the stream to the node.
+    pub dial_timeout: Duration,
+    /// The node's answer to the funnel handshake.
+    pub node_handshake_timeout: Duration,
+    /// From sending a request to the node until its response header (then the body streams
+    /// without limit).
+    pub response_timeout: Duration,
+    /// Concurrent client connections; further ones wait in the listen backlog.
+    pub max_connections: usize,
+    /// Concurrent requests on one HTTP/2 connection.
+    pub max_h2_streams: u32,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        Self {
+            tls_handshake_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(120),
+            max_header_bytes: 64 * 1024,
+            dial_timeout: Duration::from_secs(10),
+            node_handshake_timeout: Duration::from_secs(10),
+            response_timeout: Duration::from_secs(120),
+            max_connections: 10_000,
+            max_h2_streams: 250,
+        }
+    }
+}
+
+/// What every connection task shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    routes: watch::Receiver<RouteTable>,
+    dialer: Arc<dyn Dialer>,
+    opts: ProxyOptions,
+}
+
+/// One client connection.
+#[derive(Debug)]
+pub(crate) struct ConnInfo {
+    peer: SocketAddr,
+    /// The TLS server name (SNI), as the client sent it.
+    sni: String,
+}
+
+/// Serves the proxy on `listener` until accepting fails for a reason other than a dropped
+/// connection or running out of file descriptors. Each connection runs in its own task.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    routes: watch::Receiver<RouteTable>,
+    dialer: Arc<dyn Dialer>,
+    opts: ProxyOptions,
+) -> io::Result<()> {
+    let acceptor = TlsAcceptor::from(tls);
+    let slots = Arc::new(Semaphore::new(opts.max_connections.max(1)));
+    let shared = Arc::new(Shared {
+        routes,
+        dialer,
+        opts,
+    });
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return Ok(()); // never closed
+        };
+        let (tcp, peer) = match listener.accept().await {
+            Ok(v) => v,
+            Err(e) if transient(&e) => {
+                debug!("accept: {e}");
+                // Out of descriptors or buffers: give closing connections a moment.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let (shared, acceptor) = (shared.clone(), acceptor.clone());
+        tokio::spawn(async move {
+            connection(shared, acceptor, tcp, peer).await;
+            drop(slot);
+        });
+    }
+}
+
+fn transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    ) || matches!(
+        e.raw_os_error(),
+        // EMFILE, ENFILE, ENOBUFS, ENOMEM
+        Some(24 | 23 | 105 | 12)
+    )
+}
+
+async fn connection(shared: Arc<Shared>, acceptor: TlsAcceptor, tcp: TcpStream, peer: SocketAddr) {
+    let _ = tcp.set_nodelay(true);
+    let opts = &shared.opts;
+    let tls = match tokio::time::timeout(opts.tls_handshake_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            debug!(%peer, "TLS handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let (_, server) = tls.get_ref();
+    // The certificate resolver refuses handshakes without SNI, so this is always set.
+    let Some(sni) = server.server_name().map(str::to_owned) else {
+        return;
+    };
+    let h2 = server.alpn_protocol() == Some(b"h2");
+    let info = Arc::new(ConnInfo { peer, sni });
+
+    let activity = Arc::new(Activity::new());
+    let io = TokioIo::new(Tracked {
+        inner: tls,
+        activity: activity.clone(),
+    });
+    let svc_shared = shared.clone();
+    let service = service_fn(move |req| {
+        let (shared, info) = (svc_shared.clone(), info.clone());
+        async move { Ok::<_, Infallible>(handle(&shared, &info, req).await) }
+    });
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(opts.header_read_timeout)
+        .max_buf_size(opts.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(opts.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(opts.max_h2_streams)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    let builder = if h2 {
+        builder.http2_only()
+    } else {
+        builder.http1_only()
+    };
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    let idle = opts.idle_timeout;
+    let mut closing = false;
+    loop {
+        let deadline = activity.last() + idle;
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    debug!(%peer, "connection ended: {e}");
+                }
+                return;
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                if activity.last() + idle > Instant::now() {
+                    continue;
+                }
+                if closing {
+                    debug!(%peer, "idle connection dropped");
+                    return;
+                }
+                debug!(%peer, "idle connection: closing");
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+                activity.touch();
+            }
+        }
+    }
+}
+
+/// Routes one request; every outcome is a response.
+async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) -> Response<Body> {
+    let start = Instant::now();
+    let method = req.method().clone();
+    // The path only: query strings carry tokens.
+    let path: String = req.uri().path().chars().take(256).collect();
+    let version = req.version();
+    let resp = route(shared, conn, req).await;
+    info!(
+        client = %conn.peer.ip().to_canonical(),
+        %method,
+        host = %conn.sni,
+        path,
+        ?version,
+        status = resp.status().as_u16(),
+        ms = start.elapsed().as_millis() as u64,
+        "request"
+    );
+    resp
+}
+
+async fn route(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) -> Response<Body> {
+    if let Err(r) = headers::check_target(&req) {
+        return pages::page(r.status, "Bad request", r.message);
+    }
+    let host = match headers::check_host(&req, &conn.sni) {
+        Ok(h) => h,
+        Err(r) => {
+            let title = r.status.canonical_reason().unwrap_or("Bad request");
+            return pages::page(r.status, title, r.message);
+        }
+    };
+    // Routed from the TLS name, which the request's host was just checked against.
+    let lookup = shared.routes.borrow().lookup(&conn.sni, crate::unix_now());
+    let shown = crate::routes::normalize_host(&conn.sni).unwrap_or_default();
+    match lookup {
+        Lookup::Unknown => pages::not_found(&shown),
+        Lookup::Expired { .. } => pages::expired(&shown),
+        Lookup::Live { name, node_ip, .. } => {
+            upstream::forward(shared, conn, &name, node_ip, &host, req).await
+        }
+    }
+}
+
+/// When a connection last moved a byte, in milliseconds since it started.
+#[derive(Debug)]
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// A stream that records when bytes last went through it.
+#[derive(Debug)]
+struct Tracked<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,700 @@
+//! The proxy test bench: a local HTTP service, the real node ingress in front of it, and the
+//! edge proxy on 127.0.0.1, all on ports picked by the OS.
+
+#![allow(clippy::unwrap_used, dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use funnel_edge::certs::{Gated, IssueLimit, LocalCa};
+use funnel_edge::dial::{BoxFuture, Dialer, Io, TcpDialer};
+use funnel_edge::proxy::{serve, ProxyOptions};
+use funnel_edge::routes::RouteTable;
+use funnel_edge::tls::server_config;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use meshd::funnel::ingress::Ingress;
+use meshd::funnel::table::{FunnelTable, LocalFunnel};
+use proto::map::{DnsConfig, FunnelRoute, Netmap, FUNNEL_INGRESS_PORT};
+use proto::{Node, NodeId};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify};
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
+
+pub mod checks;
+
+pub const DOMAIN: &str = "funnel.localhost";
+/// Every name a test asks curl for.
+const NAMES: [&str; 8] = [
+    "hello", "nofunnel", "down", "slow", "old", "nosuch", "other", "brief",
+];
+
+type SBody = BoxBody<Bytes, Infallible>;
+
+/// What the local service records and waits on.
+#[derive(Debug, Default)]
+struct Service {
+    /// Most body frames one upload arrived in.
+    max_frames: AtomicUsize,
+    /// The SSE handler sends its second event when notified.
+    sse_go: Arc<Notify>,
+}
+
+pub struct Edge {
+    /// The whole topology as child processes ([`Edge::start_mesh`]); `None` for the in-process
+    /// bench.
+    pub mesh: Option<Mesh>,
+    pub dir: TempDir,
+    pub port: u16,
+    pub ca_path: PathBuf,
+    pub ca_pem: String,
+    pub sse_go: Arc<Notify>,
+    service: Arc<Service>,
+    dialed: Arc<Mutex<Vec<SocketAddr>>>,
+    routes: watch::Sender<RouteTable>,
+}
+
+/// Maps mesh addresses to where the test's "nodes" really are: `Some(addr)` dials `addr` with
+/// the real `TcpDialer`, `None` never answers. Unmapped addresses are refused.
+#[derive(Debug)]
+struct MapDialer {
+    map: HashMap<IpAddr, Option<SocketAddr>>,
+    dialed: Arc<Mutex<Vec<SocketAddr>>>,
+}
+
+impl Dialer for MapDialer {
+    fn dial(&self, addr: SocketAddr) -> BoxFuture<'_, io::Result<Box<dyn Io>>> {
+        self.dialed.lock().unwrap().push(addr);
+        let target = self.map.get(&addr.ip()).copied();
+        Box::pin(async move {
+            match target {
+                Some(Some(real)) if addr.port() == FUNNEL_INGRESS_PORT => {
+                    let d = TcpDialer;
+                    d.dial(real).await
+                }
+                Some(None) => std::future::pending().await,
+                _ => Err(io::Error::new(io::ErrorKind::ConnectionRefused, "unmapped")),
+            }
+        })
+    }
+}
+
+fn now() -> u64 {
+    meshd::funnel::ingress::unix_now()
+}
+
+fn node(id: u8) -> Node {
+    Node {
+        id: NodeId(u64::from(id)),
+        name: format!("n{id}"),
+        fqdn: format!("n{id}.mesh.internal"),
+        public_key: keys::PublicKey::from_bytes([id; 32]),
+        ipv4: Ipv4Addr::new(100, 64, 0, id),
+        ipv6: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, u16::from(id)),
+        tags: vec![],
+        endpoints: vec![],
+        online: true,
+        key_expiry: now() + 86_400,
+    }
+}
+
+fn route(name: &str, node: u64, expires: u64) -> FunnelRoute {
+    FunnelRoute {
+        name: name.into(),
+        node: NodeId(node),
+        port: 3000,
+        expires,
+    }
+}
+
+fn netmap(routes: Vec<FunnelRoute>) -> Netmap {
+    Netmap {
+        self_node: node(9),
+        peers: vec![node(1), node(2), node(3)],
+        dns: DnsConfig {
+            domain: "mesh.internal".into(),
+            magic_dns: true,
+        },
+        packet_filter: vec![],
+        funnel_routes: routes,
+    }
+}
+
+/// The routes every test starts with: node 1 is the real ingress, node 2 refuses connections,
+/// node 3 never answers.
+fn default_routes() -> Vec<FunnelRoute> {
+    let live = now() + 3600;
+    vec![
+        route("hello", 1, live),
+        route("nofunnel", 1, live),
+        route("down", 2, live),
+        route("slow", 3, live),
+        route("old", 1, now() - 10),
+    ]
+}
+
+impl Edge {
+    pub async fn start() -> Self {
+        Self::start_with(ProxyOptions::default()).await
+    }
+
+    /// An edge with `opts`, except that dialing gives up after a second.
+    pub async fn start_with(opts: ProxyOptions) -> Self {
+        let service = Arc::new(Service::default());
+        let svc_port = start_service(service.clone()).await;
+        let ingress_port = start_ingress(svc_port).await;
+        let closed = {
+            let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+            l.local_addr().unwrap()
+        };
+
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Arc::new(LocalCa::open(&dir.path().join("edge"), DOMAIN).unwrap());
+        let ca_pem = ca.ca_pem().to_owned();
+        let ca_path = dir.path().join("ca.pem");
+        std::fs::write(&ca_path, &ca_pem).unwrap();
+
+        let table = RouteTable::from_netmap(DOMAIN, &netmap(default_routes()), now()).unwrap();
+        let (routes, rx) = watch::channel(table);
+        let gated = Gated::new(ca, rx.clone(), IssueLimit::default());
+        let tls = server_config(Arc::new(gated));
+
+        let dialed = Arc::new(Mutex::new(Vec::new()));
+        let ingress = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), ingress_port);
+        let dialer = MapDialer {
+            map: HashMap::from([
+                (IpAddr::V4(Ipv4Addr::new(100, 64, 0, 1)), Some(ingress)),
+                (IpAddr::V4(Ipv4Addr::new(100, 64, 0, 2)), Some(closed)),
+                (IpAddr::V4(Ipv4Addr::new(100, 64, 0, 3)), None),
+            ]),
+            dialed: dialed.clone(),
+        };
+        let opts = ProxyOptions {
+            dial_timeout: Duration::from_secs(1),
+            ..opts
+        };
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(serve(listener, tls, rx, Arc::new(dialer), opts));
+
+        Self {
+            mesh: None,
+            dir,
+            port,
+            ca_path,
+            ca_pem,
+            sse_go: service.sse_go.clone(),
+            service,
+            dialed,
+            routes,
+        }
+    }
+
+    /// The one-machine topology with real processes: `coord`, `funnel-edge run --userspace` on
+    /// 127.0.0.1 and a `meshd up --userspace` node "laptop" that publishes the local service as
+    /// funnel "hello" (`meshd funnel PORT --bg --name hello`). Returns once a request gets
+    /// through.
+    pub async fn start_mesh() -> Self {
+        let service = Arc::new(Service::default());
+        let svc_port = start_service(service.clone()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let port = {
+            let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let mesh = Mesh::start(dir.path(), port, svc_port);
+        let ca_path = dir.path().join("edge").join("ca.pem");
+        let ca_pem = std::fs::read_to_string(&ca_path).unwrap();
+        let (routes, _) = watch::channel(RouteTable::new(DOMAIN).unwrap());
+        let edge = Self {
+            mesh: Some(mesh),
+            dir,
+            port,
+            ca_path,
+            ca_pem,
+            sse_go: service.sse_go.clone(),
+            service,
+            dialed: Arc::default(),
+            routes,
+        };
+        // The first request waits for the netmap and the edge's handshake with the node.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = curl(&edge, &[&edge.url("hello", "/hello")]).await;
+            if out.status == 200 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the funnel never answered: {out:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        edge
+    }
+
+    pub fn url(&self, name: &str, path: &str) -> String {
+        format!("https://{name}.{DOMAIN}:{}{path}", self.port)
+    }
+
+    pub fn dialed(&self) -> Vec<SocketAddr> {
+        self.dialed.lock().unwrap().clone()
+    }
+
+    pub fn max_frames_seen(&self) -> usize {
+        self.service.max_frames.load(Ordering::SeqCst)
+    }
+
+    pub fn set_routes(&self, routes: Vec<FunnelRoute>) {
+        let nm = netmap(routes);
+        self.routes.send_modify(|t| t.update(&nm, now()));
+    }
+
+    /// `curl` trusting only the edge CA, with every test name resolving to 127.0.0.1.
+    pub fn curl_command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new("curl");
+        cmd.arg("--cacert").arg(&self.ca_path);
+        for name in NAMES {
+            cmd.arg("--resolve")
+                .arg(format!("{name}.{DOMAIN}:{}:127.0.0.1", self.port));
+        }
+        cmd.args(["--max-time", "60"]).args(args).kill_on_drop(true);
+        cmd
+    }
+
+    /// A TLS connection to the edge trusting only its CA.
+    pub async fn tls_client(&self, name: &str, alpn: &[&[u8]]) -> TlsStream<TcpStream> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(self.ca_pem.as_bytes()).unwrap())
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let tcp = TcpStream::connect((Ipv4Addr::LOCALHOST, self.port))
+            .await
+            .unwrap();
+        TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from(name.to_owned()).unwrap(), tcp)
+            .await
+            .unwrap()
+    }
+}
+
+#[derive(Debug)]
+pub struct CurlOut {
+    pub status: u16,
+    pub version: String,
+    pub body: String,
+    pub stderr: String,
+}
+
+/// Runs curl (`-sS`) and splits off the status line it is told to print last.
+pub async fn curl(edge: &Edge, args: &[&str]) -> CurlOut {
+    let out = edge
+        .curl_command(&["-sS", "-w", "\n%{http_version} %{http_code}"])
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let (body, last) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+    let (version, status) = last.split_once(' ').unwrap_or(("", "0"));
+    CurlOut {
+        status: status.trim().parse().unwrap_or(0),
+        version: version.to_owned(),
+        body: body.to_owned(),
+        stderr,
+    }
+}
+
+/// The node's ingress on 127.0.0.1, publishing funnel "hello" → the service. The edge is
+/// whoever connects from 127.0.0.1.
+async fn start_ingress(svc_port: u16) -> u16 {
+    let mut table = FunnelTable::default();
+    table.upsert(LocalFunnel {
+        name: "hello".into(),
+        port: svc_port,
+        url: String::new(),
+        expires: now() + 3600,
+        background: false,
+    });
+    let ingress = Ingress {
+        funnels: Arc::new(Mutex::new(table)),
+        is_edge: Arc::new(|ip| ip == IpAddr::V4(Ipv4Addr::LOCALHOST)),
+    };
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((s, peer)) = l.accept().await {
+            let ingress = ingress.clone();
+            tokio::spawn(async move {
+                let _ = ingress.handle(s, peer.ip()).await;
+            });
+        }
+    });
+    port
+}
+
+/// The local HTTP/1.1 service behind the funnel.
+async fn start_service(state: Arc<Service>) -> u16 {
+    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| handle(state.clone(), req));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+fn full(s: impl Into<Bytes>) -> SBody {
+    Full::new(s.into()).boxed()
+}
+
+async fn handle(
+    state: Arc<Service>,
+    req: Request<Incoming>,
+) -> Result<Response<SBody>, Infallible> {
+    let resp = match req.uri().path() {
+        "/hello" => Response::new(full("hello from the service\n")),
+        "/headers" => {
+            let mut out = String::new();
+            for (k, v) in req.headers() {
+                out.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("?")));
+            }
+            Response::new(full(out))
+        }
+        "/upload" => {
+            let mut body = req.into_body();
+            let (mut hash, mut len, mut frames) = (Sha256::new(), 0usize, 0usize);
+            while let Some(frame) = body.frame().await {
+                let Ok(frame) = frame else {
+                    return Ok(Response::builder().status(500).body(full("")).unwrap());
+                };
+                if let Some(d) = frame.data_ref() {
+                    hash.update(d);
+                    len += d.len();
+                    frames += 1;
+                }
+            }
+            state.max_frames.fetch_max(frames, Ordering::SeqCst);
+            Response::new(full(format!("{} {len}\n", hex::encode(hash.finalize()))))
+        }
+        "/sse" => {
+            let go = state.sse_go.clone();
+            let events = futures_util::stream::unfold(0u8, move |step| {
+                let go = go.clone();
+                async move {
+                    let data = match step {
+                        0 => "data: first\n\n",
+                        1 => {
+                            go.notified().await;
+                            "data: second\n\n"
+                        }
+                        _ => return None,
+                    };
+                    Some((
+                        Ok::<_, Infallible>(Frame::data(Bytes::from(data))),
+                        step + 1,
+                    ))
+                }
+            });
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .header("cache-control", "no-cache")
+                .body(BodyExt::boxed(StreamBody::new(events)))
+                .unwrap()
+        }
+        "/ws" => websocket(req),
+        _ => Response::builder().status(404).body(full("")).unwrap(),
+    };
+    Ok(resp)
+}
+
+/// Accepts a WebSocket upgrade and echoes every data message.
+fn websocket(mut req: Request<Incoming>) -> Response<SBody> {
+    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+        return Response::builder().status(400).body(full("")).unwrap();
+    };
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let mut ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        while let Some(Ok(msg)) = ws.next().await {
+            if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                return;
+            }
+        }
+    });
+    Response::builder()
+        .status(101)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-accept", derive_accept_key(key.as_bytes()))
+        .body(full(""))
+        .unwrap()
+}
+
+/// A child process, killed on drop.
+pub struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A binary of this workspace, next to the test executable's directory.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (cargo build -p {name}, or run ./test.sh)",
+        path.display()
+    );
+    path
+}
+
+/// Runs `cmd` and waits for stdout lines starting with each of `prefixes`; returns the rest of
+/// each line, in order. Later output is drained in the background.
+fn spawn_lines(mut cmd: std::process::Command, prefixes: &[&str]) -> (Child, Vec<String>) {
+    use std::io::BufRead;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let child = Child(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    let mut found: Vec<Option<String>> = vec![None; prefixes.len()];
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while found.iter().any(Option::is_none) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no {prefixes:?} from {cmd:?}"));
+        for (i, p) in prefixes.iter().enumerate() {
+            if let Some(rest) = line.strip_prefix(p) {
+                found[i].get_or_insert_with(|| rest.to_owned());
+            }
+        }
+    }
+    (child, found.into_iter().flatten().collect())
+}
+
+/// Runs a command to completion: (success, stdout and stderr).
+pub fn run(program: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The processes of [`Edge::start_mesh`].
+pub struct Mesh {
+    pub coord_state: PathBuf,
+    pub node_state: PathBuf,
+    /// The local service's port (the funnel's).
+    pub svc_port: u16,
+    _children: Vec<Child>,
+}
+
+impl Mesh {
+    fn start(dir: &std::path::Path, https_port: u16, svc_port: u16) -> Self {
+        let coord = binary("coord");
+        let coord_state = dir.join("coord");
+        let cs = coord_state.to_str().unwrap().to_owned();
+        let mut cmd = std::process::Command::new(&coord);
+        cmd.args(["--state-dir", &cs, "serve", "--listen", "127.0.0.1:0"])
+            .args([
+                "--funnel-domain",
+                DOMAIN,
+                "--funnel-port",
+                &https_port.to_string(),
+            ])
+            .env("COORD_LOG", "warn");
+        let (coord_proc, lines) = spawn_lines(
+            cmd,
+            &["coord listening on ", "TLS certificate fingerprint: "],
+        );
+        let (url, fingerprint) = (lines[0].clone(), lines[1].clone());
+        let policy = format!(
+            r#"{{"acls": [{{"src": ["*"], "dst": ["*"]}}],
+                "funnel": [{{"nodes": ["laptop"], "ports": [{svc_port}], "max_ttl": "1h"}}],
+                "edges": [{{"tag": "tag:edge"}}]}}"#
+        );
+        let policy_file = dir.join("policy.json");
+        std::fs::write(&policy_file, policy).unwrap();
+        let (ok, out) = run(
+            &coord,
+            &[
+                "--state-dir",
+                &cs,
+                "policy",
+                "set",
+                policy_file.to_str().unwrap(),
+            ],
+        );
+        assert!(ok, "{out}");
+        let key = |tag: Option<&str>| {
+            let mut args = vec![
+                "--state-dir",
+                cs.as_str(),
+                "authkey",
+                "create",
+                "--reusable",
+            ];
+            if let Some(t) = tag {
+                args.extend(["--tag", t]);
+            }
+            let out = std::process::Command::new(&coord)
+                .args(&args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        };
+        let (edge_key, node_key) = (key(Some("edge")), key(None));
+
+        let edge_state = dir.join("edge");
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_funnel-edge"));
+        cmd.args([
+            "run",
+            "--userspace",
+            "--state-dir",
+            edge_state.to_str().unwrap(),
+        ])
+        .args([
+            "--domain",
+            DOMAIN,
+            "--https-listen",
+            &format!("127.0.0.1:{https_port}"),
+        ])
+        .args(["--public-address", "127.0.0.1", "--listen-port", "0"])
+        .args([
+            "--coord",
+            &url,
+            "--coord-fingerprint",
+            &fingerprint,
+            "--authkey",
+            &edge_key,
+        ])
+        .env("FUNNEL_EDGE_LOG", "warn")
+        .env("MESHD_LOG", "warn");
+        let (edge_proc, _) = spawn_lines(cmd, &["funnel-edge: serving"]);
+
+        let node_state = dir.join("node");
+        let ns = node_state.to_str().unwrap().to_owned();
+        let mut cmd = std::process::Command::new(binary("meshd"));
+        cmd.args([
+            "--state-dir",
+            &ns,
+            "up",
+            "--userspace",
+            "--hostname",
+            "laptop",
+        ])
+        .args([
+            "--listen-port",
+            "0",
+            "--socks5",
+            "127.0.0.1:0",
+            "--endpoint",
+            "127.0.0.1",
+        ])
+        .args([
+            "--coord",
+            &url,
+            "--coord-fingerprint",
+            &fingerprint,
+            "--authkey",
+            &node_key,
+        ])
+        .env("MESHD_LOG", "warn");
+        let (node_proc, _) = spawn_lines(cmd, &["meshd up: "]);
+        let (ok, out) = run(
+            &binary("meshd"),
+            &[
+                "--state-dir",
+                &ns,
+                "funnel",
+                &svc_port.to_string(),
+                "--bg",
+                "--name",
+                "hello",
+            ],
+        );
+        assert!(ok, "{out}");
+        assert!(
+            out.contains(&format!("https://hello.{DOMAIN}:{https_port}/")),
+            "{out}"
+        );
+        Mesh {
+            coord_state,
+            node_state,
+            svc_port,
+            _children: vec![node_proc, edge_proc, coord_proc],
+        }
+    }
+
+    /// Runs `meshd` with the laptop's state dir.
+    pub fn meshd(&self, args: &[&str]) -> (bool, String) {
+        let mut all = vec!["--state-dir", self.node_state.to_str().unwrap()];
+        all.extend_from_slice(args);
+        run(&binary("meshd"), &all)
+    }
+}

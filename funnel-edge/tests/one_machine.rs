@@ -1,0 +1,72 @@
+//! The one-machine topology with real processes, no root: `coord`, `funnel-edge run
+//! --userspace` and a `meshd up --userspace` node on 127.0.0.1, the node publishing a local
+//! service with `meshd funnel`. Every request goes client → TLS at the edge → WireGuard over
+//! loopback → the node's userspace stack and funnel ingress → the local service.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{checks, curl, Edge};
+
+/// One topology for all the client checks: starting it takes a few seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn through_the_mesh_http1_http2_upload_sse_websocket_headers() {
+    let edge = Edge::start_mesh().await;
+    checks::get_over_http1_and_http2(&edge).await;
+    checks::forwarding_headers(&edge).await;
+    checks::large_upload(&edge).await;
+    checks::server_sent_events(&edge).await;
+    checks::websocket_echo(&edge).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn off_expiry_and_missing_grants() {
+    let edge = Edge::start_mesh().await;
+    let mesh = edge.mesh.as_ref().unwrap();
+    // A port the policy does not grant: refused, naming the grant.
+    let (ok, out) = mesh.meshd(&["funnel", "1", "--bg", "--name", "nogrant"]);
+    assert!(!ok && out.contains("funnel grant"), "{out}");
+
+    // Off: the name is unknown at the edge once the netmap says so.
+    let (ok, out) = mesh.meshd(&["funnel", "off", "hello"]);
+    assert!(ok, "{out}");
+    wait_status(&edge, "hello", 404, Duration::from_secs(10)).await;
+
+    // A short TTL: live, then the edge's "expired" page.
+    let port = mesh.svc_port.to_string();
+    let (ok, out) = mesh.meshd(&["funnel", &port, "--bg", "--name", "brief", "--ttl", "3s"]);
+    assert!(ok, "{out}");
+    wait_status(&edge, "brief", 200, Duration::from_secs(10)).await;
+    let body = wait_status(&edge, "brief", 404, Duration::from_secs(15)).await;
+    assert!(body.contains("expired"), "{body}");
+    // The node drops its own record within a second of the TTL.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (ok, out) = mesh.meshd(&["funnel", "status"]);
+        assert!(ok, "{out}");
+        if out.contains("no funnels") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{out}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Retries GET https://NAME…/hello until it answers `status`; returns the body.
+async fn wait_status(edge: &Edge, name: &str, status: u16, within: Duration) -> String {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let out = curl(edge, &[&edge.url(name, "/hello")]).await;
+        if out.status == status {
+            return out.body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name}: wanted {status}, last {out:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

@@ -1,0 +1,160 @@
+//! The edge's HTTPS proxy end to end, with real parts: a local HTTP service (hyper), the real
+//! node ingress (`meshd::funnel::ingress::Ingress`) on 127.0.0.1 playing "the node", the proxy
+//! with the edge's `LocalCa` behind `certs::Gated`, and real clients (`curl`, a rustls client with
+//! tokio-tungstenite). Routes point at mesh addresses (100.64.0.x); the test dialer maps them to
+//! the ingress on 127.0.0.1 through `TcpDialer`.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{checks, curl, Edge};
+use funnel_edge::proxy::ProxyOptions;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn get_over_http1_and_http2() {
+    checks::get_over_http1_and_http2(&Edge::start().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forwarding_headers_are_ours_and_client_copies_are_gone() {
+    checks::forwarding_headers(&Edge::start().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn large_upload_streams_through_intact() {
+    checks::large_upload(&Edge::start().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn server_sent_events_arrive_before_the_response_ends() {
+    checks::server_sent_events(&Edge::start().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn websocket_echo_through_the_funnel() {
+    checks::websocket_echo(&Edge::start().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn edge_pages_for_unknown_expired_refused_and_offline() {
+    let edge = Edge::start().await;
+    let cases: [(&str, u16, &str); 5] = [
+        (
+            "nosuch",
+            404,
+            "There is no funnel at nosuch.funnel.localhost",
+        ),
+        ("old", 404, "expired"),
+        (
+            "nofunnel",
+            502,
+            "no funnel named &quot;nofunnel&quot; on this node",
+        ),
+        ("down", 502, "offline or not answering"),
+        ("slow", 502, "offline or not answering"),
+    ];
+    for flag in ["--http1.1", "--http2"] {
+        for (name, status, text) in cases {
+            let out = curl(&edge, &[flag, &edge.url(name, "/x")]).await;
+            assert_eq!(out.status, status, "{name} {flag}: {out:?}");
+            assert!(out.body.contains(text), "{name} {flag}: {}", out.body);
+        }
+    }
+    // Only the routes' nodes were ever dialed, on the ingress port.
+    for addr in edge.dialed() {
+        assert_eq!(addr.port(), proto::map::FUNNEL_INGRESS_PORT);
+        assert!(addr.ip().to_string().starts_with("100.64.0."), "{addr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn misdirected_and_unusual_requests_are_refused_before_routing() {
+    let edge = Edge::start().await;
+    for flag in ["--http1.1", "--http2"] {
+        let other = format!("Host: other.funnel.localhost:{}", edge.port);
+        let out = curl(&edge, &[flag, "-H", &other, &edge.url("hello", "/")]).await;
+        assert_eq!(out.status, 421, "{flag}: {out:?}");
+        assert!(out.body.contains("different host name"), "{}", out.body);
+    }
+    let out = curl(
+        &edge,
+        &[
+            "--http1.1",
+            "-X",
+            "OPTIONS",
+            "--request-target",
+            "*",
+            &edge.url("hello", "/"),
+        ],
+    )
+    .await;
+    assert_eq!(out.status, 400, "{out:?}");
+    assert!(edge.dialed().is_empty(), "nothing was dialed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn route_updates_take_effect_on_the_next_request() {
+    let edge = Edge::start().await;
+    assert_eq!(
+        curl(&edge, &[&edge.url("hello", "/hello")]).await.status,
+        200
+    );
+    edge.set_routes(vec![]);
+    let out = curl(&edge, &[&edge.url("hello", "/hello")]).await;
+    assert_eq!(out.status, 404, "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keep_alive_connection_serves_several_requests() {
+    let edge = Edge::start().await;
+    let url = edge.url("hello", "/hello");
+    let out = curl(&edge, &["-v", "--http1.1", &url, &url, &url]).await;
+    assert_eq!(
+        out.body.matches("hello from the service").count(),
+        3,
+        "{out:?}"
+    );
+    assert_eq!(
+        out.stderr.matches("Re-using existing connection").count(),
+        2,
+        "{}",
+        out.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idle_and_slow_connections_are_closed() {
+    let edge = Edge::start_with(ProxyOptions {
+        idle_timeout: Duration::from_secs(1),
+        header_read_timeout: Duration::from_secs(1),
+        ..ProxyOptions::default()
+    })
+    .await;
+    // Silent after the TLS handshake: closed.
+    let mut idle = edge
+        .tls_client("hello.funnel.localhost", &[b"http/1.1"])
+        .await;
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(10), idle.read(&mut buf))
+        .await
+        .expect("the edge closed the idle connection")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    // Half a request header, then nothing: closed too (hyper may answer 408 first).
+    let mut slow = edge
+        .tls_client("hello.funnel.localhost", &[b"http/1.1"])
+        .await;
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: hello.funnel.localhost\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut rest))
+        .await
+        .expect("the edge closed the slow connection")
+        .ok();
+    assert!(!String::from_utf8_lossy(&rest).contains("200 OK"));
+}
