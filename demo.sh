@@ -27,9 +27,12 @@ trap 'exit 130' INT TERM
 # rest of that line.
 await_line() {
     local file=$1 prefix=$2 pid=$3 log=$4
+    local rest
     for _ in $(seq 300); do
-        if grep -q "^$prefix" "$file" 2>/dev/null; then
-            sed -n "s/^$prefix//p" "$file" | head -1
+        rest=$(awk -v p="$prefix" 'index($0, p) == 1 { print substr($0, length(p) + 1); exit }' \
+            "$file" 2>/dev/null || true)
+        if [ -n "$rest" ]; then
+            echo "$rest"
             return 0
         fi
         if ! kill -0 "$pid" 2>/dev/null; then
@@ -75,8 +78,8 @@ cat >"$state/policy.json" <<POLICY
 }
 POLICY
 "$bin/coord" --state-dir "$state/coord" policy set "$state/policy.json" >/dev/null
-edge_key=$("$bin/coord" --state-dir "$state/coord" authkey create --tag edge --expires 1h)
-node_key=$("$bin/coord" --state-dir "$state/coord" authkey create --expires 1h)
+edge_key=$("$bin/coord" --state-dir "$state/coord" authkey create --tag edge --expires 1h 2>/dev/null)
+node_key=$("$bin/coord" --state-dir "$state/coord" authkey create --expires 1h 2>/dev/null)
 
 echo "==> funnel edge (userspace) on 127.0.0.1:$https_port"
 "$bin/funnel-edge" run --userspace --state-dir "$state/edge" --domain "$domain" \
@@ -114,7 +117,7 @@ for _ in $(seq 50); do
 done
 if ! grep -qi "<html" "$state/first.html" 2>/dev/null; then
     echo "demo: the funnel did not answer; logs are in the edge and node output below" >&2
-    tail -20 "$state/edge.log" "$state/node.log" >&2
+    tail -n 20 "$state/edge.log" "$state/node.log" >&2
     exit 1
 fi
 
