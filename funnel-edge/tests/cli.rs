@@ -66,5 +66,8 @@ fn run_says_what_is_missing_on_first_use() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--coord URL is required the first time"), "{err}");
+    assert!(
+        err.contains("--coord URL is required the first time"),
+        "{err}"
+    );
 }

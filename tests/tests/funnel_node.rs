@@ -15,6 +15,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
+use testkit::{binary, spawn_until};
 
 const INGRESS: u16 = 41642;
 

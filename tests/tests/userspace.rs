@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use testkit::{free_port, Proc};
 
 #[test]
 fn curl_through_socks5_to_a_peer_served_by_its_userspace_stack() {
@@ -20,7 +21,7 @@ fn curl_through_socks5_to_a_peer_served_by_its_userspace_stack() {
     let www = tempfile::tempdir().unwrap();
     std::fs::write(www.path().join("index.html"), "hello from node b\n").unwrap();
     let http_port = free_port();
-    let _http = Proc(
+    let _http = Proc::new(
         Command::new("python3")
             .args(["-m", "http.server", "--bind", "127.0.0.1"])
             .arg(http_port.to_string())

@@ -33,6 +33,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
+use testkit::{binary, run, spawn_lines, Proc};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tokio_rustls::client::TlsStream;
@@ -469,76 +470,8 @@ fn websocket(mut req: Request<Incoming>) -> Response<SBody> {
         .unwrap()
 }
 
-/// A child process, killed on drop.
-pub struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A binary of this workspace, next to the test executable's directory.
-pub fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build it first (cargo build -p {name}, or run ./test.sh)",
-        path.display()
-    );
-    path
-}
-
-/// Runs `cmd` and waits for stdout lines starting with each of `prefixes`; returns the rest of
-/// each line, in order. Later output is drained in the background.
-fn spawn_lines(mut cmd: std::process::Command, prefixes: &[&str]) -> (Child, Vec<String>) {
-    use std::io::BufRead;
-    let mut child = cmd
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let child = Child(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let _ = tx.send(line);
-        }
-    });
-    let mut found: Vec<Option<String>> = vec![None; prefixes.len()];
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while found.iter().any(Option::is_none) {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let line = rx
-            .recv_timeout(left)
-            .unwrap_or_else(|_| panic!("no {prefixes:?} from {cmd:?}"));
-        for (i, p) in prefixes.iter().enumerate() {
-            if let Some(rest) = line.strip_prefix(p) {
-                found[i].get_or_insert_with(|| rest.to_owned());
-            }
-        }
-    }
-    (child, found.into_iter().flatten().collect())
-}
-
-/// Runs a command to completion: (success, stdout and stderr).
-pub fn run(program: &std::path::Path, args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(program)
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
+/// How long each process of [`Mesh`] may take to print that it is ready.
+const SPAWN_WITHIN: Duration = Duration::from_secs(60);
 
 /// The processes of [`Edge::start_mesh`].
 pub struct Mesh {
@@ -546,7 +479,7 @@ pub struct Mesh {
     pub node_state: PathBuf,
     /// The local service's port (the funnel's).
     pub svc_port: u16,
-    _children: Vec<Child>,
+    _children: Vec<Proc>,
 }
 
 impl Mesh {
@@ -566,6 +499,7 @@ impl Mesh {
         let (coord_proc, lines) = spawn_lines(
             cmd,
             &["coord listening on ", "TLS certificate fingerprint: "],
+            SPAWN_WITHIN,
         );
         let (url, fingerprint) = (lines[0].clone(), lines[1].clone());
         let policy = format!(
@@ -635,7 +569,7 @@ impl Mesh {
         ])
         .env("FUNNEL_EDGE_LOG", "warn")
         .env("MESHD_LOG", "warn");
-        let (edge_proc, _) = spawn_lines(cmd, &["funnel-edge: serving"]);
+        let (edge_proc, _) = spawn_lines(cmd, &["funnel-edge: serving"], SPAWN_WITHIN);
 
         let node_state = dir.join("node");
         let ns = node_state.to_str().unwrap().to_owned();
@@ -665,9 +599,9 @@ impl Mesh {
             &node_key,
         ])
         .env("MESHD_LOG", "warn");
-        let (node_proc, _) = spawn_lines(cmd, &["meshd up: "]);
+        let (node_proc, _) = spawn_lines(cmd, &["meshd up: "], SPAWN_WITHIN);
         let (ok, out) = run(
-            &binary("meshd"),
+            binary("meshd"),
             &[
                 "--state-dir",
                 &ns,
@@ -695,6 +629,6 @@ impl Mesh {
     pub fn meshd(&self, args: &[&str]) -> (bool, String) {
         let mut all = vec!["--state-dir", self.node_state.to_str().unwrap()];
         all.extend_from_slice(args);
-        run(&binary("meshd"), &all)
+        run(binary("meshd"), &all)
     }
 }

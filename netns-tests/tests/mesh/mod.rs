@@ -1,24 +1,62 @@
-//! Running the project's own binaries (`coord`, `meshd`) inside test hosts.
+//! Running the project's own binaries (`coord`, `meshd`, found by `testkit::binary`; `./test.sh`
+//! builds them all first) inside test hosts.
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::Duration;
 
 use netns_tests::{Host, Spawned};
 use tempfile::TempDir;
+use testkit::{binary, run_command};
 
-/// A project binary next to this test's executable (`target/<profile>/NAME`). `./test.sh` builds
-/// every binary of the workspace before it runs any test.
-pub fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build it first (cargo build -p {name}, or run ./test.sh)",
-        path.display()
-    );
-    path
+/// Starts the workspace binary `name` with `args` in `host`; returns once it printed a line
+/// starting with `prefix` (within `within`): (process, that line).
+pub fn spawn_ready(
+    host: &Host,
+    name: &str,
+    args: &[&str],
+    prefix: &str,
+    within: Duration,
+) -> (Spawned, String) {
+    let bin = binary(name);
+    let mut process = host.spawn(bin.to_str().unwrap(), args).unwrap();
+    process.wait_for_output(prefix, within).unwrap();
+    let line = process
+        .stdout()
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap()
+        .to_owned();
+    (process, line)
+}
+
+/// Starts `coord serve` in `host` on the state dir `state`, listening on `listen` with `ip` in its
+/// certificate; returns once it printed its certificate fingerprint: (process, fingerprint).
+pub fn spawn_coord(host: &Host, state: &Path, listen: &str, ip: &str) -> (Spawned, String) {
+    let args = [
+        "--state-dir",
+        state.to_str().unwrap(),
+        "serve",
+        "--listen",
+        listen,
+        "--tls-san",
+        ip,
+    ];
+    let prefix = "TLS certificate fingerprint: ";
+    let (process, line) = spawn_ready(host, "coord", &args, prefix, Duration::from_secs(20));
+    (process, line[prefix.len()..].to_owned())
+}
+
+/// Starts `meshd ARGS` in `host`; returns once it printed its `meshd up: ` line (within
+/// `within`): (process, that line).
+pub fn spawn_meshd(host: &Host, args: &[&str], within: Duration) -> (Spawned, String) {
+    spawn_ready(host, "meshd", args, "meshd up: ", within)
+}
+
+/// The mesh addresses in a `meshd up: NAME.DOMAIN is V4 and V6 on DEV (UDP port N)` line.
+pub fn up_addresses(line: &str) -> (String, String) {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    (words[4].to_owned(), words[6].to_owned())
 }
 
 /// A coordinator running in `host`.
@@ -34,27 +72,8 @@ impl Coord {
         let dir = tempfile::tempdir().unwrap();
         let ip = host.ipv4().unwrap();
         let listen = format!("{ip}:{port}");
-        let bin = binary("coord");
         let state = dir.path().join("coord");
-        let args = [
-            "--state-dir",
-            state.to_str().unwrap(),
-            "serve",
-            "--listen",
-            &listen,
-            "--tls-san",
-            &ip.to_string(),
-        ];
-        let mut process = host.spawn(bin.to_str().unwrap(), &args).unwrap();
-        process
-            .wait_for_output("TLS certificate fingerprint: ", Duration::from_secs(20))
-            .unwrap();
-        let fingerprint = process
-            .stdout()
-            .lines()
-            .find_map(|l| l.strip_prefix("TLS certificate fingerprint: "))
-            .unwrap()
-            .to_owned();
+        let (process, fingerprint) = spawn_coord(host, &state, &listen, &ip.to_string());
         Coord {
             process,
             dir,
@@ -99,7 +118,6 @@ impl Node {
     pub fn up(host: &Host, coord: &Coord, authkey: &str, name: &str) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("meshd");
-        let bin = binary("meshd");
         let args = [
             "--state-dir",
             state.to_str().unwrap(),
@@ -113,23 +131,13 @@ impl Node {
             "--hostname",
             name,
         ];
-        let mut process = host.spawn(bin.to_str().unwrap(), &args).unwrap();
-        process
-            .wait_for_output("meshd up: ", Duration::from_secs(20))
-            .unwrap();
-        let line = process
-            .stdout()
-            .lines()
-            .find(|l| l.starts_with("meshd up: "))
-            .unwrap()
-            .to_owned();
-        // "meshd up: NAME.DOMAIN is V4 and V6 on DEV (UDP port N)"
-        let words: Vec<&str> = line.split_whitespace().collect();
+        let (process, line) = spawn_meshd(host, &args, Duration::from_secs(20));
+        let (ipv4, ipv6) = up_addresses(&line);
         Node {
             process,
             dir,
-            ipv4: words[4].to_owned(),
-            ipv6: words[6].to_owned(),
+            ipv4,
+            ipv6,
         }
     }
 }
@@ -138,18 +146,12 @@ impl Node {
     /// Runs the meshd CLI against this node's state dir (the local API is a Unix socket).
     pub fn cli(&self, args: &[&str]) -> (bool, String) {
         let state = self.dir.path().join("meshd");
-        let out = std::process::Command::new(binary("meshd"))
-            .arg("--state-dir")
-            .arg(&state)
-            .args(args)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
+        run_command(
+            std::process::Command::new(binary("meshd"))
+                .arg("--state-dir")
+                .arg(&state)
+                .args(args),
+        )
     }
 
     /// `meshd status --json`.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use netns_tests::{wait_until, Host, Ipv4Net, Segment, Spawned, Topology};
 
-use crate::mesh::{binary, Coord, Node};
+use crate::mesh::{spawn_coord, spawn_meshd, up_addresses, Coord, Node};
 
 /// Hosts named `names`, all on one bridge `lan`, at 203.0.113.10, .11, ... in that order.
 pub fn lan(topo: &Topology, names: &[&str]) -> (Vec<Host>, Segment) {
@@ -28,26 +28,7 @@ pub fn restart_coord(host: &Host, coord: &mut Coord) {
     let listen = coord.url.trim_start_matches("https://").to_owned();
     let ip = host.ipv4().unwrap().to_string();
     let state = coord.dir.path().join("coord");
-    let bin = binary("coord");
-    let args = [
-        "--state-dir",
-        state.to_str().unwrap(),
-        "serve",
-        "--listen",
-        &listen,
-        "--tls-san",
-        &ip,
-    ];
-    let mut process = host.spawn(bin.to_str().unwrap(), &args).unwrap();
-    process
-        .wait_for_output("TLS certificate fingerprint: ", Duration::from_secs(20))
-        .unwrap();
-    let fingerprint = process
-        .stdout()
-        .lines()
-        .find_map(|l| l.strip_prefix("TLS certificate fingerprint: "))
-        .unwrap()
-        .to_owned();
+    let (process, fingerprint) = spawn_coord(host, &state, &listen, &ip);
     assert_eq!(fingerprint, coord.fingerprint, "coord kept its certificate");
     coord.process = process;
 }
@@ -63,21 +44,11 @@ pub fn restart_node(host: &Host, node: &mut Node) {
     })
     .unwrap();
     let state = node.dir.path().join("meshd");
-    let bin = binary("meshd");
     let args = ["--state-dir", state.to_str().unwrap(), "up"];
-    let mut process = host.spawn(bin.to_str().unwrap(), &args).unwrap();
-    process
-        .wait_for_output("meshd up: ", Duration::from_secs(30))
-        .unwrap();
-    let line = process
-        .stdout()
-        .lines()
-        .find(|l| l.starts_with("meshd up: "))
-        .unwrap()
-        .to_owned();
-    let words: Vec<&str> = line.split_whitespace().collect();
-    assert_eq!(words[4], node.ipv4, "same address after a restart: {line}");
-    assert_eq!(words[6], node.ipv6, "same address after a restart: {line}");
+    let (process, line) = spawn_meshd(host, &args, Duration::from_secs(30));
+    let (ipv4, ipv6) = up_addresses(&line);
+    assert_eq!(ipv4, node.ipv4, "same address after a restart: {line}");
+    assert_eq!(ipv6, node.ipv6, "same address after a restart: {line}");
     node.process = process;
 }
 

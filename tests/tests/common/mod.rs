@@ -1,86 +1,13 @@
-//! Helpers shared by the unprivileged end-to-end tests: the workspace's binaries as child
-//! processes (killed on drop), a coordinator on 127.0.0.1 and `meshd --userspace` nodes.
+//! Helpers shared by the unprivileged end-to-end tests: a coordinator on 127.0.0.1 and
+//! `meshd --userspace` nodes, run as child processes through `testkit`.
 
 #![allow(dead_code)] // each test file uses a part
 
-use std::io::{BufRead, BufReader};
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A binary of this workspace, next to the test executable's directory.
-pub fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build it first (cargo build -p {name}, or run ./test.sh)",
-        path.display()
-    );
-    path
-}
-
-/// A child process killed on drop.
-pub struct Proc(pub Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Spawns `cmd` with stdout piped and returns the first line `want` accepts, within `within`.
-/// The rest of stdout is drained in the background.
-pub fn spawn_until(
-    mut cmd: Command,
-    within: Duration,
-    want: impl Fn(&str) -> bool,
-) -> (Proc, Vec<String>) {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawning");
-    let stdout = child.stdout.take().unwrap();
-    let proc = Proc(child);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                // Nobody listens any more: keep draining so the child never blocks.
-                continue;
-            }
-        }
-    });
-    let deadline = Instant::now() + within;
-    let mut seen = vec![];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => {
-                let done = want(&line);
-                seen.push(line);
-                if done {
-                    return (proc, seen);
-                }
-            }
-            Err(_) => panic!("no expected output in time; saw {seen:?}"),
-        }
-    }
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use testkit::{binary, run_command, spawn_lines, spawn_until, Proc};
 
 /// A running coordinator and a reusable auth key for it.
 pub struct Coord {
@@ -98,18 +25,12 @@ pub fn start_coord() -> Coord {
         .arg(dir.path())
         .args(["serve", "--listen", "127.0.0.1:0"])
         .env("COORD_LOG", "warn");
-    let seen = std::cell::RefCell::new((None::<String>, None::<String>));
-    let (proc, _) = spawn_until(cmd, Duration::from_secs(30), |l| {
-        let mut s = seen.borrow_mut();
-        if let Some(a) = l.strip_prefix("coord listening on ") {
-            s.0 = Some(a.to_owned());
-        }
-        if let Some(f) = l.strip_prefix("TLS certificate fingerprint: ") {
-            s.1 = Some(f.to_owned());
-        }
-        s.0.is_some() && s.1.is_some()
-    });
-    let (url, fingerprint) = seen.into_inner();
+    let (proc, lines) = spawn_lines(
+        cmd,
+        &["coord listening on ", "TLS certificate fingerprint: "],
+        Duration::from_secs(30),
+    );
+    let (url, fingerprint) = (lines[0].clone(), lines[1].clone());
 
     let out = Command::new(binary("coord"))
         .arg("--state-dir")
@@ -126,8 +47,8 @@ pub fn start_coord() -> Coord {
     Coord {
         _proc: proc,
         _dir: dir,
-        url: url.unwrap(),
-        fingerprint: fingerprint.unwrap(),
+        url,
+        fingerprint,
         authkey: v["key"].as_str().unwrap().to_owned(),
     }
 }
@@ -177,18 +98,12 @@ pub struct Node {
 impl Node {
     /// Runs the `meshd` CLI against this node's state dir: (success, stdout and stderr).
     pub fn cli(&self, args: &[&str]) -> (bool, String) {
-        let out = Command::new(binary("meshd"))
-            .arg("--state-dir")
-            .arg(self.dir.path())
-            .args(args)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
+        run_command(
+            Command::new(binary("meshd"))
+                .arg("--state-dir")
+                .arg(self.dir.path())
+                .args(args),
+        )
     }
 }
 
