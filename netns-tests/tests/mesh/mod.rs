@@ -31,9 +31,16 @@ pub fn spawn_ready(
 }
 
 /// Starts `coord serve` in `host` on the state dir `state`, listening on `listen` with `ip` in its
-/// certificate; returns once it printed its certificate fingerprint: (process, fingerprint).
-pub fn spawn_coord(host: &Host, state: &Path, listen: &str, ip: &str) -> (Spawned, String) {
-    let args = [
+/// certificate (and `extra` serve options); returns once it printed its certificate fingerprint:
+/// (process, fingerprint).
+pub fn spawn_coord(
+    host: &Host,
+    state: &Path,
+    listen: &str,
+    ip: &str,
+    extra: &[&str],
+) -> (Spawned, String) {
+    let mut args = vec![
         "--state-dir",
         state.to_str().unwrap(),
         "serve",
@@ -42,6 +49,7 @@ pub fn spawn_coord(host: &Host, state: &Path, listen: &str, ip: &str) -> (Spawne
         "--tls-san",
         ip,
     ];
+    args.extend_from_slice(extra);
     let prefix = "TLS certificate fingerprint: ";
     let (process, line) = spawn_ready(host, "coord", &args, prefix, Duration::from_secs(20));
     (process, line[prefix.len()..].to_owned())
@@ -69,11 +77,16 @@ pub struct Coord {
 
 impl Coord {
     pub fn start(host: &Host, port: u16) -> Coord {
+        Self::start_with(host, port, &[])
+    }
+
+    /// [`Coord::start`] with more `coord serve` options (`--funnel-domain D`, say).
+    pub fn start_with(host: &Host, port: u16, extra: &[&str]) -> Coord {
         let dir = tempfile::tempdir().unwrap();
         let ip = host.ipv4().unwrap();
         let listen = format!("{ip}:{port}");
         let state = dir.path().join("coord");
-        let (process, fingerprint) = spawn_coord(host, &state, &listen, &ip.to_string());
+        let (process, fingerprint) = spawn_coord(host, &state, &listen, &ip.to_string(), extra);
         Coord {
             process,
             dir,

@@ -28,7 +28,7 @@ pub fn restart_coord(host: &Host, coord: &mut Coord) {
     let listen = coord.url.trim_start_matches("https://").to_owned();
     let ip = host.ipv4().unwrap().to_string();
     let state = coord.dir.path().join("coord");
-    let (process, fingerprint) = spawn_coord(host, &state, &listen, &ip);
+    let (process, fingerprint) = spawn_coord(host, &state, &listen, &ip, &[]);
     assert_eq!(fingerprint, coord.fingerprint, "coord kept its certificate");
     coord.process = process;
 }
