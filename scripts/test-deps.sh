@@ -4,7 +4,8 @@
 # and .ci/run; later issues extend APT_PACKAGES and nothing else.
 set -euo pipefail
 
-APT_PACKAGES=(wireguard-tools wireguard-go iproute2 nftables iperf3 curl dnsutils sqlite3 procps iputils-ping python3)
+APT_PACKAGES=(wireguard-tools wireguard-go iproute2 nftables iperf3 curl dnsutils sqlite3 procps iputils-ping python3
+    chromium libnss3-tools tesseract-ocr)
 
 export DEBIAN_FRONTEND=noninteractive
 log() { printf '[deps] %s\n' "$*" >&2; }

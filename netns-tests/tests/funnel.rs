@@ -87,26 +87,20 @@ fn a_page_behind_nat_reaches_the_internet_through_the_edge_and_nothing_else_does
     let ca = edge_state.join("ca.pem");
     let resolve = format!("node-a.{DOMAIN}:443:{EDGE_V4}");
     let url = format!("https://node-a.{DOMAIN}/");
+    let curl = |extra: &[&str]| -> netns_tests::Result<String> {
+        let mut args = vec!["-sS", "--max-time", "5", "--cacert", ca.to_str().unwrap()];
+        args.extend_from_slice(&["--resolve", &resolve]);
+        args.extend_from_slice(extra);
+        args.push(&url);
+        let out = st.client.output("curl", &args, Duration::from_secs(10))?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
     let mut page = String::new();
     wait_until(
         "the page through the funnel",
         Duration::from_secs(30),
         || {
-            let out = st.client.output(
-                "curl",
-                &[
-                    "-sS",
-                    "--max-time",
-                    "5",
-                    "--cacert",
-                    ca.to_str().unwrap(),
-                    "--resolve",
-                    &resolve,
-                    &url,
-                ],
-                Duration::from_secs(10),
-            )?;
-            page = String::from_utf8_lossy(&out.stdout).into_owned();
+            page = curl(&[])?;
             Ok(page.contains("Hello from meshfunnel"))
         },
     )
@@ -120,6 +114,20 @@ fn a_page_behind_nat_reaches_the_internet_through_the_edge_and_nothing_else_does
     // The page saw the real client and the funnel's marks.
     assert!(page.contains(&CLIENT_V4.to_string()), "{page}");
     assert!(page.contains("node-a.funnel.example.com"), "{page}");
+
+    // A real browser in `client`: headless Chromium trusting the edge CA renders the page (its
+    // screenshot, read back by OCR, shows the heading); without the CA it does not.
+    let shot_dir = tempfile::tempdir().unwrap();
+    let (text, log) = browser_screenshot_text(&st.client, shot_dir.path(), Some(&ca), &url);
+    let text = text.unwrap_or_else(|| panic!("no screenshot: {log}"));
+    assert!(
+        text.contains("Hello from meshfunnel"),
+        "OCR of the screenshot: {text}"
+    );
+    let untrusted = tempfile::tempdir().unwrap();
+    let (text, log) = browser_screenshot_text(&st.client, untrusted.path(), None, &url);
+    assert!(log.contains("ERR_CERT_AUTHORITY_INVALID"), "{log}");
+    assert!(!text.unwrap_or_default().contains("Hello from meshfunnel"));
 
     // From the edge itself: every other port of node-a's mesh addresses is closed to it.
     for addr in [&node.ipv4, &node.ipv6] {
@@ -136,25 +144,80 @@ fn a_page_behind_nat_reaches_the_internet_through_the_edge_and_nothing_else_does
     let (ok, out) = node.cli(&["funnel", "off"]);
     assert!(ok, "{out}");
     wait_until("404 after funnel off", Duration::from_secs(10), || {
-        let out = st.client.output(
-            "curl",
-            &[
-                "-sS",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--max-time",
-                "5",
-                "--cacert",
-                ca.to_str().unwrap(),
-                "--resolve",
-                &resolve,
-                &url,
-            ],
-            Duration::from_secs(10),
-        )?;
-        Ok(String::from_utf8_lossy(&out.stdout) == "404")
+        Ok(curl(&["-o", "/dev/null", "-w", "%{http_code}"])? == "404")
     })
     .unwrap();
+}
+
+/// Loads `url` in headless Chromium inside `host` (a fresh profile and NSS database in `dir`,
+/// trusting `ca` if given; the funnel name mapped to the edge's public address): the text
+/// tesseract reads from its screenshot (none when the page did not load), and Chromium's log.
+fn browser_screenshot_text(
+    host: &netns_tests::Host,
+    dir: &std::path::Path,
+    ca: Option<&std::path::Path>,
+    url: &str,
+) -> (Option<String>, String) {
+    let t = Duration::from_secs(30);
+    let nssdb = dir.join(".pki/nssdb");
+    std::fs::create_dir_all(&nssdb).unwrap();
+    let db = format!("sql:{}", nssdb.display());
+    host.run("certutil", &["-d", &db, "-N", "--empty-password"], t)
+        .unwrap();
+    if let Some(ca) = ca {
+        let ca = ca.to_str().unwrap();
+        host.run(
+            "certutil",
+            &[
+                "-d",
+                &db,
+                "-A",
+                "-t",
+                "C,,",
+                "-n",
+                "meshfunnel-edge",
+                "-i",
+                ca,
+            ],
+            t,
+        )
+        .unwrap();
+    }
+    let home = format!("HOME={}", dir.display());
+    let profile = format!("--user-data-dir={}", dir.join("profile").display());
+    let shot = dir.join("shot.png");
+    let screenshot = format!("--screenshot={}", shot.display());
+    let rules = format!("--host-resolver-rules=MAP node-a.{DOMAIN} {EDGE_V4}");
+    // The flags keep Chromium from reaching for the network on its own (there is none here).
+    let out = host
+        .output(
+            "env",
+            &[
+                &home,
+                "chromium",
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--window-size=1000,700",
+                &profile,
+                &rules,
+                &screenshot,
+                url,
+            ],
+            Duration::from_secs(90),
+        )
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !shot.exists() {
+        return (None, log);
+    }
+    let out = host
+        .output("tesseract", &[shot.to_str().unwrap(), "stdout"], t)
+        .unwrap();
+    (Some(String::from_utf8_lossy(&out.stdout).into_owned()), log)
 }
