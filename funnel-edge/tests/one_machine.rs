@@ -30,16 +30,20 @@ async fn off_expiry_and_missing_grants() {
     let (ok, out) = mesh.meshd(&["funnel", "1", "--bg", "--name", "nogrant"]);
     assert!(!ok && out.contains("funnel grant"), "{out}");
 
-    // Off: the name is unknown at the edge once the netmap says so.
+    // A second funnel of the same node, with a short TTL: both live at once.
+    let port = mesh.svc_port.to_string();
+    let (ok, out) = mesh.meshd(&["funnel", &port, "--bg", "--name", "brief", "--ttl", "6s"]);
+    assert!(ok, "{out}");
+    wait_status(&edge, "brief", 200, Duration::from_secs(10)).await;
+    wait_status(&edge, "hello", 200, Duration::from_secs(1)).await;
+
+    // Off: the name is unknown at the edge once the netmap says so; the other stays.
     let (ok, out) = mesh.meshd(&["funnel", "off", "hello"]);
     assert!(ok, "{out}");
     wait_status(&edge, "hello", 404, Duration::from_secs(10)).await;
+    wait_status(&edge, "brief", 200, Duration::from_secs(1)).await;
 
-    // A short TTL: live, then the edge's "expired" page.
-    let port = mesh.svc_port.to_string();
-    let (ok, out) = mesh.meshd(&["funnel", &port, "--bg", "--name", "brief", "--ttl", "3s"]);
-    assert!(ok, "{out}");
-    wait_status(&edge, "brief", 200, Duration::from_secs(10)).await;
+    // The short TTL runs out: the edge's "expired" page.
     let body = wait_status(&edge, "brief", 404, Duration::from_secs(15)).await;
     assert!(body.contains("expired"), "{body}");
     // The node drops its own record within a second of the TTL.
