@@ -127,6 +127,30 @@ async fn keep_alive_connection_serves_several_requests() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connections_to_the_node_are_reused_across_client_connections() {
+    let edge = Edge::start().await;
+    let url = edge.url("hello", "/hello");
+    for flag in ["--http1.1", "--http2", "--http1.1", "--http2"] {
+        let out = curl(&edge, &[flag, &url]).await;
+        assert_eq!(out.status, 200, "{out:?}");
+    }
+    // Four client connections, one after the other: one stream to the node carried them all.
+    assert_eq!(edge.dialed().len(), 1, "{:?}", edge.dialed());
+    // Concurrent requests need streams of their own; they are kept for later ones too.
+    let args = ["--http1.1", url.as_str()];
+    let many: Vec<_> = (0..4).map(|_| curl(&edge, &args)).collect();
+    for out in futures_util::future::join_all(many).await {
+        assert_eq!(out.status, 200, "{out:?}");
+    }
+    let after_burst = edge.dialed().len();
+    assert!((1..=4).contains(&after_burst), "{after_burst}");
+    for _ in 0..3 {
+        assert_eq!(curl(&edge, &["--http1.1", &url]).await.status, 200);
+    }
+    assert_eq!(edge.dialed().len(), after_burst);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn idle_and_slow_connections_are_closed() {
     let edge = Edge::start_with(ProxyOptions {
         idle_timeout: Duration::from_secs(1),

@@ -33,6 +33,7 @@ use crate::dial::Dialer;
 use crate::routes::{Lookup, RouteTable};
 
 pub mod headers;
+mod nodes;
 mod pages;
 mod upstream;
 
@@ -53,6 +54,10 @@ pub struct ProxyOptions {
     pub max_header_bytes: usize,
     /// Opening the stream to the node.
     pub dial_timeout: Duration,
+    /// How long an idle connection to a node is kept for the next request.
+    pub upstream_idle_timeout: Duration,
+    /// Idle connections kept per funnel and node.
+    pub upstream_max_idle: usize,
     /// The node's answer to the funnel handshake.
     pub node_handshake_timeout: Duration,
     /// From sending a request to the node until its response header (then the body streams
@@ -72,6 +77,8 @@ impl Default for ProxyOptions {
             idle_timeout: Duration::from_secs(120),
             max_header_bytes: 64 * 1024,
             dial_timeout: Duration::from_secs(10),
+            upstream_idle_timeout: Duration::from_secs(90),
+            upstream_max_idle: 64,
             node_handshake_timeout: Duration::from_secs(10),
             response_timeout: Duration::from_secs(120),
             max_connections: 10_000,
@@ -84,7 +91,7 @@ impl Default for ProxyOptions {
 #[derive(Debug)]
 pub(crate) struct Shared {
     routes: watch::Receiver<RouteTable>,
-    dialer: Arc<dyn Dialer>,
+    nodes: nodes::NodeClient,
     opts: ProxyOptions,
 }
 
@@ -109,7 +116,7 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(opts.max_connections.max(1)));
     let shared = Arc::new(Shared {
         routes,
-        dialer,
+        nodes: nodes::client(dialer, &opts),
         opts,
     });
     loop {

@@ -1,61 +1,21 @@
-//! One request to a node: dial its funnel ingress through the [`Dialer`], name the funnel
-//! (`MFUNNEL/1 NAME`), then speak HTTP/1.1 over that stream. Upgrades (WebSocket) are spliced
-//! byte for byte once both sides have switched; bodies stream both ways.
+//! One request to a node, over a pooled connection to its funnel ingress ([`super::nodes`]), as
+//! HTTP/1.1. Upgrades (WebSocket) are spliced byte for byte once both sides have switched (that
+//! connection leaves the pool); bodies stream both ways.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use meshd::funnel::wire::{self, Parsed, MAX_LINE};
-use proto::map::FUNNEL_INGRESS_PORT;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 use tracing::debug;
 
 use super::headers::{self, Forwarding};
+use super::nodes::{upstream_uri, NodeError};
 use super::{pages, Body, ConnInfo, Shared};
-use crate::dial::Io;
 
 const OFFLINE: &str = "The node serving this funnel is offline or not answering.";
-
-/// Why the node could not be asked.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum NodeError {
-    #[error("the node refused: {0}")]
-    Refused(String),
-    #[error("the node spoke something other than the funnel protocol: {0}")]
-    Protocol(&'static str),
-    #[error("the node closed the connection during the handshake")]
-    Closed,
-    #[error(transparent)]
-    Io(#[from] std::io::Error),
-}
-
-/// Names the funnel and reads the node's one-line answer. Reads byte by byte, so nothing after
-/// the line is consumed: the rest of the stream is the HTTP connection.
-pub(crate) async fn handshake(mut s: Box<dyn Io>, name: &str) -> Result<Box<dyn Io>, NodeError> {
-    s.write_all(&wire::request(name)).await?;
-    s.flush().await?;
-    let mut line = Vec::with_capacity(16);
-    loop {
-        match wire::parse_response(&line) {
-            Parsed::Done(Ok(()), _) => return Ok(s),
-            Parsed::Done(Err(reason), _) => return Err(NodeError::Refused(reason)),
-            Parsed::Invalid(why) => return Err(NodeError::Protocol(why)),
-            Parsed::Incomplete if line.len() >= MAX_LINE => {
-                return Err(NodeError::Protocol("answer line too long"))
-            }
-            Parsed::Incomplete => {}
-        }
-        let mut b = [0u8; 1];
-        if s.read(&mut b).await? == 0 {
-            return Err(NodeError::Closed);
-        }
-        line.push(b[0]);
-    }
-}
 
 /// Forwards `req` for funnel `name` to the node at `node_ip`; every failure becomes a page.
 pub(crate) async fn forward(
@@ -73,49 +33,6 @@ pub(crate) async fn forward(
             "This funnel's route points at an address the edge does not dial.",
         );
     }
-    let addr = SocketAddr::new(node_ip, FUNNEL_INGRESS_PORT);
-    let stream = match timeout(opts.dial_timeout, shared.dialer.dial(addr)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            debug!(funnel = %name, %addr, "dialing the node: {e}");
-            return pages::bad_gateway(OFFLINE);
-        }
-        Err(_) => {
-            debug!(funnel = %name, %addr, "dialing the node timed out");
-            return pages::bad_gateway(OFFLINE);
-        }
-    };
-    let stream = match timeout(opts.node_handshake_timeout, handshake(stream, name)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(NodeError::Refused(reason))) => {
-            debug!(funnel = %name, "node refused: {reason}");
-            return pages::bad_gateway(&format!("The node refused this funnel: {reason}"));
-        }
-        Ok(Err(e)) => {
-            debug!(funnel = %name, "funnel handshake: {e}");
-            return pages::bad_gateway(OFFLINE);
-        }
-        Err(_) => return pages::bad_gateway(OFFLINE),
-    };
-
-    let (mut sender, connection) = match hyper::client::conn::http1::Builder::new()
-        .max_buf_size(opts.max_header_bytes.max(8192))
-        .handshake::<_, Incoming>(TokioIo::new(stream))
-        .await
-    {
-        Ok(v) => v,
-        Err(e) => {
-            debug!(funnel = %name, "HTTP/1.1 handshake with the node: {e}");
-            return pages::bad_gateway(OFFLINE);
-        }
-    };
-    let funnel = name.to_owned();
-    tokio::spawn(async move {
-        if let Err(e) = connection.with_upgrades().await {
-            debug!(%funnel, "connection to the node: {e}");
-        }
-    });
-
     let upgrade = headers::is_upgrade(&req);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
@@ -129,17 +46,18 @@ pub(crate) async fn forward(
         },
     );
     parts.version = Version::HTTP_11;
-    parts.uri = origin_form(&parts.uri);
+    parts.uri = match upstream_uri(name, node_ip, &parts.uri) {
+        Ok(u) => u,
+        Err(e) => {
+            debug!(funnel = %name, "{e}");
+            return pages::bad_gateway(OFFLINE);
+        }
+    };
     let upstream_req = Request::from_parts(parts, body);
 
-    let mut resp = match timeout(opts.response_timeout, sender.send_request(upstream_req)).await {
+    let mut resp = match timeout(opts.response_timeout, shared.nodes.request(upstream_req)).await {
         Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            debug!(funnel = %name, "request to the node: {e}");
-            return pages::bad_gateway(
-                "The service behind this funnel closed the connection without answering.",
-            );
-        }
+        Ok(Err(e)) => return failed(name, &e),
         Err(_) => {
             return pages::page(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -175,10 +93,22 @@ pub(crate) async fn forward(
     Response::from_parts(parts, body.boxed())
 }
 
-/// `/path?query` of a request target (the client may have sent an absolute URI, and HTTP/2
-/// always carries one).
-fn origin_form(uri: &Uri) -> Uri {
-    uri.path_and_query()
-        .and_then(|pq| Uri::try_from(pq.as_str()).ok())
-        .unwrap_or_else(|| Uri::from_static("/"))
+/// The page for a request the node did not answer.
+fn failed(name: &str, e: &hyper_util::client::legacy::Error) -> Response<Body> {
+    match NodeError::of(e) {
+        Some(NodeError::Refused(reason)) => {
+            debug!(funnel = %name, "node refused: {reason}");
+            pages::bad_gateway(&format!("The node refused this funnel: {reason}"))
+        }
+        Some(n) => {
+            debug!(funnel = %name, "connecting to the node: {n}");
+            pages::bad_gateway(OFFLINE)
+        }
+        None => {
+            debug!(funnel = %name, "request to the node: {e}");
+            pages::bad_gateway(
+                "The service behind this funnel closed the connection without answering.",
+            )
+        }
+    }
 }

@@ -347,6 +347,7 @@ async fn start_ingress(svc_port: u16) -> u16 {
     });
     let ingress = Ingress {
         funnels: Arc::new(Mutex::new(table)),
+        changes: tokio::sync::watch::channel(()).1,
         is_edge: Arc::new(|ip| ip == IpAddr::V4(Ipv4Addr::LOCALHOST)),
     };
     let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();

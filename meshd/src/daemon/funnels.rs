@@ -39,6 +39,7 @@ pub fn ingress(
     tokio::spawn(funnels.clone().expire_forever());
     Ingress {
         funnels: funnels.table(),
+        changes: funnels.changes(),
         is_edge: Arc::new(move |ip| {
             edges
                 .read()
@@ -60,6 +61,9 @@ pub async fn serve_kernel(ingress: Ingress, addrs: [IpAddr; 2]) -> std::io::Resu
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     continue;
                 };
+                // Responses are relayed as they come: a header and its body must not wait for
+                // the edge's delayed ACK (Nagle).
+                let _ = stream.set_nodelay(true);
                 let ingress = ingress.clone();
                 tokio::spawn(async move {
                     if let Err(e) = ingress.handle(stream, from.ip()).await {

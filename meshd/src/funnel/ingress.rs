@@ -2,6 +2,8 @@
 //! naming a funnel this node opted in to, proxied to the local service on 127.0.0.1 (or ::1).
 //! A stream from anything but an edge in the netmap, or naming a funnel this node did not
 //! publish, is answered with `ERR` and closed: nothing else on the node is reachable this way.
+//! Edges keep streams open across requests, so a stream also ends when its funnel is closed or
+//! expires: what the node stopped publishing is not served on a stream opened before.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -9,6 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tracing::{debug, info};
 
 use super::table::FunnelTable;
@@ -22,6 +25,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct Ingress {
     pub funnels: Arc<Mutex<FunnelTable>>,
+    /// Changes whenever `funnels` loses an entry (closed or expired).
+    pub changes: watch::Receiver<()>,
     /// Whether a mesh address belongs to an edge node in the current netmap.
     pub is_edge: Arc<dyn Fn(IpAddr) -> bool + Send + Sync>,
 }
@@ -56,12 +61,9 @@ impl Ingress {
                 Ok(Err(reason)) => return refuse(&mut stream, reason).await,
                 Err(_) => return refuse(&mut stream, "no funnel request in time".into()).await,
             };
-        let port = self
-            .funnels
-            .lock()
-            .ok()
-            .and_then(|t| t.port_for(&name, unix_now()));
-        let Some(port) = port else {
+        let mut changes = self.changes.clone();
+        changes.mark_unchanged();
+        let Some(port) = self.port_for(&name) else {
             return refuse(
                 &mut stream,
                 format!("no funnel named {name:?} on this node"),
@@ -80,8 +82,32 @@ impl Ingress {
             local.write_all(&early).await?;
         }
         let _ = local.set_nodelay(true);
-        tokio::io::copy_bidirectional(&mut stream, &mut local).await?;
+        tokio::select! {
+            r = tokio::io::copy_bidirectional(&mut stream, &mut local) => { r?; }
+            () = self.until_gone(&name, port, changes) => {
+                debug!(funnel = %name, "funnel closed: ending its stream");
+            }
+        }
         Ok(())
+    }
+
+    fn port_for(&self, name: &str) -> Option<u16> {
+        self.funnels
+            .lock()
+            .ok()
+            .and_then(|t| t.port_for(name, unix_now()))
+    }
+
+    /// Resolves once funnel `name` no longer forwards to `port`; never, if nothing reports changes.
+    async fn until_gone(&self, name: &str, port: u16, mut changes: watch::Receiver<()>) {
+        loop {
+            if changes.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+            if self.port_for(name) != Some(port) {
+                return;
+            }
+        }
     }
 }
 
@@ -171,8 +197,11 @@ mod tests {
                 background: false,
             });
         }
+        // No changes are reported (the sender is gone) but in the test that makes its own.
+        let (_, changes) = watch::channel(());
         Ingress {
             funnels: Arc::new(Mutex::new(t)),
+            changes,
             is_edge: Arc::new(|ip| ip == EDGE),
         }
     }
@@ -244,5 +273,61 @@ mod tests {
         let mut req = wire::request("demo");
         req.push(b'x');
         assert_eq!(exchange(&ing, mapped, &req).await, "OK\nhi x");
+    }
+
+    #[tokio::test]
+    async fn closing_a_funnel_ends_its_open_streams() {
+        // A local service that echoes until the stream ends.
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.into_split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        let (changed, changes) = watch::channel(());
+        let ing = Ingress {
+            changes,
+            ..ingress(vec![
+                ("demo", port, unix_now() + 60),
+                ("other", port, unix_now() + 60),
+            ])
+        };
+        let (mut edge, node) = tokio::io::duplex(4096);
+        let task = tokio::spawn({
+            let ing = ing.clone();
+            async move { ing.handle(node, EDGE).await }
+        });
+        edge.write_all(&wire::request("demo")).await.unwrap();
+        let mut buf = [0u8; 5];
+        edge.write_all(b"ping1").await.unwrap();
+        edge.read_exact(&mut buf[..3]).await.unwrap();
+        assert_eq!(&buf[..3], b"OK\n");
+        edge.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping1");
+
+        // Another funnel closing leaves this stream alone.
+        ing.funnels.lock().unwrap().remove("other");
+        changed.send_replace(());
+        edge.write_all(b"ping2").await.unwrap();
+        edge.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping2");
+
+        ing.funnels.lock().unwrap().remove("demo");
+        changed.send_replace(());
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), edge.read_to_end(&mut rest))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(rest.is_empty(), "{rest:?}");
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
     }
 }

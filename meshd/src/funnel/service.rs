@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use proto::api::FunnelRequest;
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::ingress::unix_now;
@@ -18,6 +19,8 @@ pub struct FunnelService {
     client: Arc<ControlClient>,
     state: StateDir,
     table: Arc<Mutex<FunnelTable>>,
+    /// Told after every change of `table` (the ingress ends streams of closed funnels).
+    changed: watch::Sender<()>,
 }
 
 impl FunnelService {
@@ -32,12 +35,18 @@ impl FunnelService {
             client,
             state,
             table: Arc::new(Mutex::new(table)),
+            changed: watch::Sender::new(()),
         }
     }
 
     /// The table the ingress decides with.
     pub fn table(&self) -> Arc<Mutex<FunnelTable>> {
         self.table.clone()
+    }
+
+    /// Changes after every change of the table.
+    pub fn changes(&self) -> watch::Receiver<()> {
+        self.changed.subscribe()
     }
 
     pub async fn open(
@@ -119,6 +128,9 @@ impl FunnelService {
             for f in &gone {
                 info!(name = %f.name, "funnel expired");
             }
+            if !gone.is_empty() {
+                self.changed.send_replace(());
+            }
             if gone.iter().any(|f| f.background) {
                 self.save();
             }
@@ -127,6 +139,7 @@ impl FunnelService {
 
     fn with_table(&self, f: impl FnOnce(&mut FunnelTable)) {
         f(&mut self.table.lock().unwrap_or_else(PoisonError::into_inner));
+        self.changed.send_replace(());
         self.save();
     }
 

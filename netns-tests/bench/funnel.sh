@@ -1,0 +1,314 @@
+#!/usr/bin/env bash
+# Funnel benchmark: HTTPS requests per second and latency from a `client` namespace through
+#   funnel-edge (TLS) → the mesh (WireGuard, TUN mode on both ends) → meshd's funnel ingress →
+#   nginx on the node's 127.0.0.1,
+# against the same nginx content served with TLS directly on the edge host (no tunnel), in the
+# same run. Also the time from `meshd funnel` to the first successful public request.
+#
+# Topology (namespaces made here, joined by a bridge in a namespace of its own; nothing leaves
+# them): coord 203.0.113.10, edge .20 (funnel-edge on :443, nginx with TLS on :9443), client .30
+# (wrk, curl), node .40 (meshd, nginx on 127.0.0.1:8080).
+#
+# Usage (as root, from anywhere in the repository):
+#   netns-tests/bench/funnel.sh [--duration S] [--connections N] [--firsts N] [--no-build]
+#                               [--hold S] [--append-doc]
+# --hold S: after the first requests, keep the topology up for S seconds before measuring (to
+# attach a profiler or try requests by hand; the namespaces are named in the log).
+# Needs: wrk, nginx, openssl, curl (Debian: apt-get install wrk nginx-light openssl curl).
+set -euo pipefail
+
+ORIG_CMD="netns-tests/bench/funnel.sh $*"
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+DURATION=10
+CONNS=16
+FIRSTS=5
+BUILD=1
+APPEND=0
+HOLD=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --duration) DURATION="$2"; shift 2 ;;
+        --connections) CONNS="$2"; shift 2 ;;
+        --firsts) FIRSTS="$2"; shift 2 ;;
+        --no-build) BUILD=0; shift ;;
+        --hold) HOLD="$2"; shift 2 ;;
+        --append-doc) APPEND=1; shift ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        *) echo "unknown option $1" >&2; exit 2 ;;
+    esac
+done
+
+[ "$(id -u)" = 0 ] || { echo "run as root (network namespaces)" >&2; exit 1; }
+for t in ip wrk nginx openssl curl timeout; do
+    command -v "$t" >/dev/null || { echo "missing: $t" >&2; exit 1; }
+done
+
+log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
+
+TAG="mff$$"
+HOSTS=(coord edge client node)
+WORK="$(mktemp -d /tmp/meshfunnel-fbench.XXXXXX)"
+PIDS=()
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    local p
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    sleep 0.5
+    for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    for h in "${HOSTS[@]}" sw; do ip netns del "$TAG$h" 2>/dev/null || true; done
+    rm -rf "/etc/netns/${TAG}client" "$WORK"
+    exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+in_ns() { local h="$1"; shift; ip netns exec "$TAG$h" "$@"; }
+spawn() {  # spawn HOST LOG CMD...
+    local h="$1" logf="$2"; shift 2
+    ip netns exec "$TAG$h" "$@" >"$logf" 2>&1 &
+    PIDS+=("$!")
+}
+await_line() {  # await_line FILE PREFIX: the rest of the first line starting with PREFIX
+    local rest
+    for _ in $(seq 300); do
+        rest=$(awk -v p="$2" 'index($0, p) == 1 { print substr($0, length(p) + 1); exit }' "$1" \
+            2>/dev/null || true)
+        [ -n "$rest" ] && { echo "$rest"; return 0; }
+        sleep 0.1
+    done
+    echo "timed out waiting for '$2' in $1:" >&2; cat "$1" >&2; exit 1
+}
+
+if [ "$BUILD" = 1 ]; then
+    log "building release coord, meshd, funnel-edge"
+    (cd "$REPO" && cargo build --release -q -p coord -p meshd -p funnel-edge)
+fi
+BIN="$REPO/target/release"
+
+# ------------------------------------------------------------- topology ----
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+log "topology $TAG"
+ip netns add "${TAG}sw"
+in_ns sw ip link add br0 type bridge
+in_ns sw ip link set br0 up
+i=0
+for h in "${HOSTS[@]}"; do
+    i=$((i + 1))
+    ip netns add "$TAG$h"
+    ip link add "${TAG}$i" type veth peer name "${TAG}p$i"
+    ip link set "${TAG}$i" netns "$TAG$h"
+    ip link set "${TAG}p$i" netns "${TAG}sw"
+    in_ns sw ip link set "${TAG}p$i" master br0 up
+    in_ns "$h" ip link set lo up
+    in_ns "$h" ip link set "${TAG}$i" name eth0
+    in_ns "$h" ip link set eth0 up
+done
+in_ns coord ip addr add 203.0.113.10/24 dev eth0
+in_ns edge ip addr add 203.0.113.20/24 dev eth0
+in_ns client ip addr add 203.0.113.30/24 dev eth0
+in_ns node ip addr add 203.0.113.40/24 dev eth0
+# The client resolves the funnel name and the direct name to the edge (ip netns exec bind-mounts
+# /etc/netns/NS/hosts over /etc/hosts).
+mkdir -p "/etc/netns/${TAG}client"
+printf '127.0.0.1 localhost\n203.0.113.20 node.bench.example direct.bench.example\n' \
+    >"/etc/netns/${TAG}client/hosts"
+
+# --------------------------------------------------------------- content ----
+mkdir -p "$WORK/www"
+printf '<!doctype html><title>small</title><p>hello from the benchmark</p>\n' >"$WORK/www/small.html"
+head -c 1048576 /dev/urandom >"$WORK/www/1m.bin"
+# nginx's workers run as an unprivileged user: they must be able to read the content.
+chmod 0755 "$WORK" "$WORK/www"
+chmod 0644 "$WORK/www/"*
+
+nginx_conf() {  # nginx_conf NAME LISTEN [tls]: a one-worker nginx serving $WORK/www
+    local name="$1" listen="$2" tls="${3:-}"
+    local ssl=""
+    if [ -n "$tls" ]; then
+        ssl="ssl_certificate $WORK/direct.pem; ssl_certificate_key $WORK/direct.key;
+             ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:s$name:1m;"
+        listen="$listen ssl http2"
+    fi
+    mkdir -p "$WORK/nginx-$name"
+    cat >"$WORK/nginx-$name/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $WORK/nginx-$name/pid;
+error_log $WORK/nginx-$name/error.log;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    sendfile on;
+    keepalive_requests 1000000;
+    client_body_temp_path $WORK/nginx-$name;
+    proxy_temp_path $WORK/nginx-$name;
+    fastcgi_temp_path $WORK/nginx-$name;
+    uwsgi_temp_path $WORK/nginx-$name;
+    scgi_temp_path $WORK/nginx-$name;
+    server { listen $listen; $ssl root $WORK/www; }
+}
+CONF
+}
+# The direct server's certificate: ECDSA P-256, like the edge's leaf certificates.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj /CN=direct.bench.example -addext subjectAltName=DNS:direct.bench.example \
+    -keyout "$WORK/direct.key" -out "$WORK/direct.pem" 2>/dev/null
+nginx_conf node 127.0.0.1:8080
+nginx_conf direct 203.0.113.20:9443 tls
+spawn node "$WORK/nginx-node.log" nginx -c "$WORK/nginx-node/nginx.conf"
+spawn edge "$WORK/nginx-direct.log" nginx -c "$WORK/nginx-direct/nginx.conf"
+NGINX_NODE_PID=${PIDS[-2]}
+NGINX_DIRECT_PID=${PIDS[-1]}
+
+# ------------------------------------------------------------ the mesh ----
+log "coord, edge, node"
+spawn coord "$WORK/coord.out" "$BIN/coord" --state-dir "$WORK/coord" serve \
+    --listen 203.0.113.10:8443 --tls-san 203.0.113.10 --funnel-domain bench.example
+fp=$(await_line "$WORK/coord.out" "TLS certificate fingerprint: ")
+cat >"$WORK/policy.json" <<POLICY
+{"acls": [], "funnel": [{"nodes": ["node"], "ports": [8080]}], "edges": [{"tag": "tag:edge"}]}
+POLICY
+"$BIN/coord" --state-dir "$WORK/coord" policy set "$WORK/policy.json" >/dev/null
+edge_key=$("$BIN/coord" --state-dir "$WORK/coord" authkey create --tag edge 2>/dev/null)
+node_key=$("$BIN/coord" --state-dir "$WORK/coord" authkey create 2>/dev/null)
+spawn edge "$WORK/edge.out" env FUNNEL_EDGE_LOG=warn "$BIN/funnel-edge" run \
+    --state-dir "$WORK/edge" --domain bench.example --https-listen 203.0.113.20:443 \
+    --public-address 203.0.113.20 --coord https://203.0.113.10:8443 --coord-fingerprint "$fp" \
+    --authkey "$edge_key"
+await_line "$WORK/edge.out" "funnel-edge: serving" >/dev/null
+spawn node "$WORK/node.out" env MESHD_LOG=warn "$BIN/meshd" --state-dir "$WORK/node" up \
+    --coord https://203.0.113.10:8443 --coord-fingerprint "$fp" --authkey "$node_key" \
+    --hostname node
+await_line "$WORK/node.out" "meshd up: " >/dev/null
+EDGE_PID=${PIDS[-2]}
+NODE_PID=${PIDS[-1]}
+
+URL=https://node.bench.example/small.html
+code() { in_ns client curl -s -o /dev/null -w '%{http_code}' --max-time 2 --cacert "$WORK/edge/ca.pem" "$URL" 2>/dev/null || true; }
+
+# ------------------------------------------------- time to first request ----
+log "time from 'meshd funnel' to the first successful public request ($FIRSTS times)"
+firsts=()
+for n in $(seq "$FIRSTS"); do
+    t0=$(date +%s%N)
+    in_ns node "$BIN/meshd" --state-dir "$WORK/node" funnel 8080 --bg >/dev/null
+    ok=0
+    for _ in $(seq 1000); do
+        [ "$(code)" = 200 ] && { ok=1; break; }
+        sleep 0.01
+    done
+    t1=$(date +%s%N)
+    if [ $ok != 1 ]; then
+        echo "the funnel never answered (last status $(code)); logs:" >&2
+        tail -n 20 "$WORK/edge.out" "$WORK/node.out" "$WORK/coord.out" >&2
+        in_ns client curl -sv --max-time 2 --cacert "$WORK/edge/ca.pem" "$URL" >&2 || true
+        exit 1
+    fi
+    firsts+=("$(( (t1 - t0) / 1000000 ))")
+    log "  round $n: $(( (t1 - t0) / 1000000 )) ms"
+    if [ "$n" -lt "$FIRSTS" ]; then
+        in_ns node "$BIN/meshd" --state-dir "$WORK/node" funnel off >/dev/null
+        for _ in $(seq 500); do [ "$(code)" = 404 ] && break; sleep 0.01; done
+        sleep 1  # the edge and the node drop each other as peers
+    fi
+done
+first_sorted=$(printf '%s\n' "${firsts[@]}" | sort -n | tr '\n' ' ')
+first_median=$(printf '%s\n' "${firsts[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+first_max=$(printf '%s\n' "${firsts[@]}" | sort -n | tail -1)
+
+if [ "$HOLD" != 0 ]; then
+    log "holding for $HOLD s: namespaces ${TAG}{coord,edge,client,node}, work dir $WORK," \
+        "edge pid $EDGE_PID, node pid $NODE_PID"
+    sleep "$HOLD"
+fi
+
+# ------------------------------------------------------------------- wrk ----
+# Throughput: wrk with $CONNS connections; CPU per request: the user + system time of every
+# process that serves the request (funnel: funnel-edge, the node's meshd, the node's nginx;
+# direct: the edge's nginx), from /proc, over the requests wrk completed. Latency: wrk with one
+# connection, so that it is the path's own and not the queueing of a saturated machine.
+TCK=$(getconf CLK_TCK)
+cpu_ticks() {  # cpu_ticks PID...: user + system ticks of these processes and their children
+    local p t=0
+    for p in "$@" $(for p in "$@"; do pgrep -P "$p" || true; done); do
+        t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+    done
+    echo "$t"
+}
+# wrk_run URL MODE CONNS PID...: "rps cpu_us_per_request p50_ms p99_ms"
+wrk_run() {
+    local url="$1" mode="$2" conns="$3" extra=()
+    shift 3
+    [ "$mode" = close ] && extra=(-H "Connection: close")
+    local out t0 t1
+    t0=$(cpu_ticks "$@")
+    out=$(in_ns client wrk -t1 -c"$conns" -d"${DURATION}s" --latency "${extra[@]}" "$url" 2>&1)
+    t1=$(cpu_ticks "$@")
+    printf '== %s %s c%s\n%s\n' "$url" "$mode" "$conns" "$out" >>"$WORK/wrk.log"
+    local rps n p50 p99
+    rps=$(echo "$out" | awk '/^Requests\/sec:/ {print $2}')
+    n=$(echo "$out" | awk '/requests in/ {print $1}')
+    p50=$(echo "$out" | awk '$1 == "50%" {print $2}')
+    p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
+    local cpu
+    cpu=$(awk -v d="$((t1 - t0))" -v n="${n:-0}" -v hz="$TCK" \
+        'BEGIN { if (n > 0) printf "%.0f", d * 1e6 / hz / n; else print "—" }')
+    echo "${rps:-0} $cpu $(to_ms "${p50:-0ms}") $(to_ms "${p99:-0ms}")"
+}
+to_ms() {  # wrk prints 812.00us, 1.23ms, 2.01s
+    awk -v v="$1" 'BEGIN {
+        n = v + 0
+        if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n *= 1000
+        printf "%.2f", n }'
+}
+
+FUNNEL_PIDS=("$EDGE_PID" "$NODE_PID" "$NGINX_NODE_PID")
+rows=()
+for size in small.html 1m.bin; do
+    for mode in keepalive close; do
+        f_url="https://node.bench.example/$size"
+        d_url="https://direct.bench.example:9443/$size"
+        log "wrk $size ($mode, $CONNS connections): funnel, direct"
+        read -r f_rps f_cpu _ _ < <(wrk_run "$f_url" "$mode" "$CONNS" "${FUNNEL_PIDS[@]}")
+        read -r d_rps d_cpu _ _ < <(wrk_run "$d_url" "$mode" "$CONNS" "$NGINX_DIRECT_PID")
+        log "wrk $size ($mode, 1 connection): funnel, direct"
+        read -r _ _ f_p50 f_p99 < <(wrk_run "$f_url" "$mode" 1 "${FUNNEL_PIDS[@]}")
+        read -r _ _ d_p50 d_p99 < <(wrk_run "$d_url" "$mode" 1 "$NGINX_DIRECT_PID")
+        ratio=$(awk -v f="$f_rps" -v d="$d_rps" 'BEGIN { if (d > 0) printf "%.2f", f / d; else print "—" }')
+        added=$(awk -v f="$f_p99" -v d="$d_p99" 'BEGIN { printf "%.2f", f - d }')
+        rows+=("| $size, $mode | $f_rps | $d_rps | ${ratio}× | $f_cpu / $d_cpu | $f_p50 / $f_p99 | $d_p50 / $d_p99 | $added |")
+    done
+done
+edge_rss=$(awk '/^VmHWM:/ {printf "%.1f MiB", $2 / 1024}' "/proc/$EDGE_PID/status" 2>/dev/null || echo "?")
+node_rss=$(awk '/^VmHWM:/ {printf "%.1f MiB", $2 / 1024}' "/proc/$NODE_PID/status" 2>/dev/null || echo "?")
+
+commit=$(cd "$REPO" && git rev-parse --short HEAD)$(cd "$REPO" && git diff --quiet || echo "+dirty")
+report=$(cat <<REPORT
+### Funnel: $(date -u +%Y-%m-%dT%H:%M:%SZ) @ $commit
+
+$(nproc) CPU, $(uname -r); load average at start $LOAD_START, at end $(cut -d' ' -f1-3 /proc/loadavg);
+wrk -t1 -d${DURATION}s, $CONNS connections for req/s and CPU, 1 for latency; nginx
+$(nginx -v 2>&1 | sed 's/.*nginx\///'), one worker each, on the node's 127.0.0.1 and (TLS, HTTP/2) on the edge host.
+Command: \`$ORIG_CMD\`
+
+| request | funnel req/s | direct req/s | funnel / direct | CPU µs per request, funnel / direct | funnel p50 / p99 ms, 1 connection | direct p50 / p99 ms, 1 connection | p99 added ms |
+|---|---|---|---|---|---|---|---|
+$(printf '%s\n' "${rows[@]}")
+
+Time from \`meshd funnel\` to the first 200 at the client (ms, $FIRSTS rounds, each with the edge
+and the node meeting as peers anew): $first_sorted(median $first_median, max $first_max).
+Peak RSS: funnel-edge $edge_rss, node meshd $node_rss.
+REPORT
+)
+echo
+echo "$report"
+if [ "$APPEND" = 1 ]; then
+    doc="$REPO/docs/BENCHMARKS.md"
+    grep -q '^## Funnel (HTTPS through the edge and the mesh)' "$doc" ||
+        printf '\n## Funnel (HTTPS through the edge and the mesh)\n\nScript: `netns-tests/bench/funnel.sh` (see its header).\n' >>"$doc"
+    printf '\n%s\n' "$report" >>"$doc"
+    log "appended to docs/BENCHMARKS.md"
+fi
