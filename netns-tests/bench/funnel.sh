@@ -227,8 +227,8 @@ fi
 
 # ------------------------------------------------------------------- wrk ----
 # Throughput: wrk with $CONNS connections; CPU per request: the user + system time of every
-# process that serves the request (funnel: funnel-edge, the node's meshd, the node's nginx;
-# direct: the edge's nginx), from /proc, over the requests wrk completed. Latency: wrk with one
+# process that serves the request, from /proc, over the requests wrk completed (funnel: the
+# edge host's funnel-edge, and on the node meshd + nginx; direct: the edge host's nginx). Latency: wrk with one
 # connection, so that it is the path's own and not the queueing of a saturated machine.
 TCK=$(getconf CLK_TCK)
 cpu_ticks() {  # cpu_ticks PID...: user + system ticks of these processes and their children
@@ -238,25 +238,29 @@ cpu_ticks() {  # cpu_ticks PID...: user + system ticks of these processes and th
     done
     echo "$t"
 }
-# wrk_run URL MODE CONNS PID...: "rps cpu_us_per_request p50_ms p99_ms"
+# wrk_run URL MODE CONNS "PIDS_A" "PIDS_B": "rps cpu_a_us cpu_b_us p50_ms p99_ms", the CPU
+# times per completed request of two groups of processes (A on the edge host, B on the node).
 wrk_run() {
-    local url="$1" mode="$2" conns="$3" extra=()
-    shift 3
+    local url="$1" mode="$2" conns="$3" a="$4" b="$5" extra=()
     [ "$mode" = close ] && extra=(-H "Connection: close")
-    local out t0 t1
-    t0=$(cpu_ticks "$@")
+    local out a0 b0 a1 b1
+    # shellcheck disable=SC2086 # PID lists
+    { a0=$(cpu_ticks $a); b0=$(cpu_ticks $b); }
     out=$(in_ns client wrk -t1 -c"$conns" -d"${DURATION}s" --latency "${extra[@]}" "$url" 2>&1)
-    t1=$(cpu_ticks "$@")
+    # shellcheck disable=SC2086
+    { a1=$(cpu_ticks $a); b1=$(cpu_ticks $b); }
     printf '== %s %s c%s\n%s\n' "$url" "$mode" "$conns" "$out" >>"$WORK/wrk.log"
     local rps n p50 p99
     rps=$(echo "$out" | awk '/^Requests\/sec:/ {print $2}')
     n=$(echo "$out" | awk '/requests in/ {print $1}')
     p50=$(echo "$out" | awk '$1 == "50%" {print $2}')
     p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
-    local cpu
-    cpu=$(awk -v d="$((t1 - t0))" -v n="${n:-0}" -v hz="$TCK" \
-        'BEGIN { if (n > 0) printf "%.0f", d * 1e6 / hz / n; else print "—" }')
-    echo "${rps:-0} $cpu $(to_ms "${p50:-0ms}") $(to_ms "${p99:-0ms}")"
+    echo "${rps:-0} $(per_request $((a1 - a0)) "$n") $(per_request $((b1 - b0)) "$n")" \
+        "$(to_ms "${p50:-0ms}") $(to_ms "${p99:-0ms}")"
+}
+per_request() {  # per_request TICKS REQUESTS: microseconds
+    awk -v d="$1" -v n="${2:-0}" -v hz="$TCK" \
+        'BEGIN { if (n > 0) printf "%.0f", d * 1e6 / hz / n; else print "-" }'
 }
 to_ms() {  # wrk prints 812.00us, 1.23ms, 2.01s
     awk -v v="$1" 'BEGIN {
@@ -265,21 +269,21 @@ to_ms() {  # wrk prints 812.00us, 1.23ms, 2.01s
         printf "%.2f", n }'
 }
 
-FUNNEL_PIDS=("$EDGE_PID" "$NODE_PID" "$NGINX_NODE_PID")
 rows=()
 for size in small.html 1m.bin; do
     for mode in keepalive close; do
         f_url="https://node.bench.example/$size"
         d_url="https://direct.bench.example:9443/$size"
         log "wrk $size ($mode, $CONNS connections): funnel, direct"
-        read -r f_rps f_cpu _ _ < <(wrk_run "$f_url" "$mode" "$CONNS" "${FUNNEL_PIDS[@]}")
-        read -r d_rps d_cpu _ _ < <(wrk_run "$d_url" "$mode" "$CONNS" "$NGINX_DIRECT_PID")
+        read -r f_rps f_edge f_node _ _ < <(wrk_run "$f_url" "$mode" "$CONNS" \
+            "$EDGE_PID" "$NODE_PID $NGINX_NODE_PID")
+        read -r d_rps d_cpu _ _ _ < <(wrk_run "$d_url" "$mode" "$CONNS" "$NGINX_DIRECT_PID" "")
         log "wrk $size ($mode, 1 connection): funnel, direct"
-        read -r _ _ f_p50 f_p99 < <(wrk_run "$f_url" "$mode" 1 "${FUNNEL_PIDS[@]}")
-        read -r _ _ d_p50 d_p99 < <(wrk_run "$d_url" "$mode" 1 "$NGINX_DIRECT_PID")
-        ratio=$(awk -v f="$f_rps" -v d="$d_rps" 'BEGIN { if (d > 0) printf "%.2f", f / d; else print "—" }')
+        read -r _ _ _ f_p50 f_p99 < <(wrk_run "$f_url" "$mode" 1 "" "")
+        read -r _ _ _ d_p50 d_p99 < <(wrk_run "$d_url" "$mode" 1 "" "")
+        ratio=$(awk -v f="$f_rps" -v d="$d_rps" 'BEGIN { if (d > 0) printf "%.2f", f / d; else print "-" }')
         added=$(awk -v f="$f_p99" -v d="$d_p99" 'BEGIN { printf "%.2f", f - d }')
-        rows+=("| $size, $mode | $f_rps | $d_rps | ${ratio}× | $f_cpu / $d_cpu | $f_p50 / $f_p99 | $d_p50 / $d_p99 | $added |")
+        rows+=("| $size, $mode | $f_rps | $d_rps | ${ratio}× | $f_edge + $f_node / $d_cpu | $f_p50 / $f_p99 | $d_p50 / $d_p99 | $added |")
     done
 done
 edge_rss=$(awk '/^VmHWM:/ {printf "%.1f MiB", $2 / 1024}' "/proc/$EDGE_PID/status" 2>/dev/null || echo "?")
@@ -294,7 +298,7 @@ wrk -t1 -d${DURATION}s, $CONNS connections for req/s and CPU, 1 for latency; ngi
 $(nginx -v 2>&1 | sed 's/.*nginx\///'), one worker each, on the node's 127.0.0.1 and (TLS, HTTP/2) on the edge host.
 Command: \`$ORIG_CMD\`
 
-| request | funnel req/s | direct req/s | funnel / direct | CPU µs per request, funnel / direct | funnel p50 / p99 ms, 1 connection | direct p50 / p99 ms, 1 connection | p99 added ms |
+| request | funnel req/s | direct req/s | funnel / direct | CPU µs per request: funnel edge + node / direct | funnel p50 / p99 ms, 1 connection | direct p50 / p99 ms, 1 connection | p99 added ms |
 |---|---|---|---|---|---|---|---|
 $(printf '%s\n' "${rows[@]}")
 
