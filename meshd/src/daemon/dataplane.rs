@@ -31,6 +31,9 @@ const TICK: Duration = Duration::from_millis(100);
 pub const MTU: u16 = 1420;
 /// Room in front of each packet written to the device for its offload header.
 const TUN_OFFSET: usize = VIRTIO_NET_HDR_LEN;
+/// Capacity of each buffer of packets for the device: the largest IP packet a merge can make,
+/// behind two offload headers (what `send_multiple` checks before it merges into a buffer).
+const GRO_CAPACITY: usize = 2 * TUN_OFFSET + 65_535;
 
 /// Collects the core's output for the batched writes that follow each round.
 struct IoSink {
@@ -54,8 +57,9 @@ impl Sink for IoSink {
             return;
         }
         if self.tun_len == self.tun.len() {
-            self.tun
-                .push(Vec::with_capacity(TUN_OFFSET + usize::from(MTU)));
+            // Room for a whole merged segment: receive offload only merges packets into a
+            // buffer with capacity for the result (and a second offload header).
+            self.tun.push(Vec::with_capacity(GRO_CAPACITY));
         }
         let b = &mut self.tun[self.tun_len];
         b.clear();
