@@ -33,6 +33,7 @@ pub const MTU: u16 = 1420;
 const TUN_OFFSET: usize = VIRTIO_NET_HDR_LEN;
 /// Capacity of each buffer of packets for the device: the largest IP packet a merge can make,
 /// behind two offload headers (what `send_multiple` checks before it merges into a buffer).
+/// At most `IDEAL_BATCH_SIZE` of them are filled before a flush, so they take 8 MiB at most.
 const GRO_CAPACITY: usize = 2 * TUN_OFFSET + 65_535;
 
 /// Collects the core's output for the batched writes that follow each round.
@@ -211,6 +212,10 @@ async fn run(
                     let now = Instant::now();
                     for (from, d) in urecv.datagrams() {
                         peers.handle_datagram(from, d, now, &mut sink);
+                        // A batch for the device at a time: merging needs 64 KiB per buffer.
+                        if sink.tun_len >= IDEAL_BATCH_SIZE {
+                            sink.flush(&udp, &dev).await;
+                        }
                     }
                     sink.flush(&udp, &dev).await;
                 }

@@ -20,6 +20,10 @@ use super::wire::{self, Parsed, MAX_LINE};
 /// How long an edge has to name the funnel, and the local service to accept.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Copy buffers per stream: requests are mostly small; responses move in larger reads (fewer
+/// system calls per megabyte on the way to the mesh).
+const REQUEST_BUF: usize = 8 * 1024;
+const RESPONSE_BUF: usize = 64 * 1024;
 
 /// What the ingress decides with: the node's own funnel records and who the edges are.
 #[derive(Clone)]
@@ -83,7 +87,7 @@ impl Ingress {
         }
         let _ = local.set_nodelay(true);
         tokio::select! {
-            r = tokio::io::copy_bidirectional(&mut stream, &mut local) => { r?; }
+            r = tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut local, REQUEST_BUF, RESPONSE_BUF) => { r?; }
             () = self.until_gone(&name, port, changes) => {
                 debug!(funnel = %name, "funnel closed: ending its stream");
             }
