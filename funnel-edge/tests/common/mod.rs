@@ -568,8 +568,9 @@ impl Mesh {
             "--authkey",
             &edge_key,
         ])
-        .env("FUNNEL_EDGE_LOG", "warn")
-        .env("MESHD_LOG", "warn");
+        // Errors only: until the node reports its endpoint the edge warns that no peer has one.
+        .env("FUNNEL_EDGE_LOG", "error")
+        .env("MESHD_LOG", "error");
         let (edge_proc, _) = spawn_lines(cmd, &["funnel-edge: serving"], SPAWN_WITHIN);
 
         let node_state = dir.join("node");
