@@ -11,7 +11,8 @@
 #
 # Usage (as root, from anywhere in the repository):
 #   netns-tests/bench/funnel.sh [--duration S] [--connections N] [--firsts N] [--no-build]
-#                               [--hold S] [--append-doc]
+#                               [--edge-userspace] [--hold S] [--append-doc]
+# --edge-userspace: the edge joins the mesh in userspace mode (no TUN device on the edge host).
 # --hold S: after the first requests, keep the topology up for S seconds before measuring (to
 # attach a profiler or try requests by hand; the namespaces are named in the log).
 # Needs: wrk, nginx, openssl, curl (Debian: apt-get install wrk nginx-light openssl curl).
@@ -25,6 +26,7 @@ FIRSTS=5
 BUILD=1
 APPEND=0
 HOLD=0
+EDGE_MODE=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --duration) DURATION="$2"; shift 2 ;;
@@ -32,6 +34,7 @@ while [ $# -gt 0 ]; do
         --firsts) FIRSTS="$2"; shift 2 ;;
         --no-build) BUILD=0; shift ;;
         --hold) HOLD="$2"; shift 2 ;;
+        --edge-userspace) EDGE_MODE=(--userspace); shift ;;
         --append-doc) APPEND=1; shift ;;
         -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
@@ -177,7 +180,7 @@ node_key=$("$BIN/coord" --state-dir "$WORK/coord" authkey create 2>/dev/null)
 spawn edge "$WORK/edge.out" env FUNNEL_EDGE_LOG=warn "$BIN/funnel-edge" run \
     --state-dir "$WORK/edge" --domain bench.example --https-listen 203.0.113.20:443 \
     --public-address 203.0.113.20 --coord https://203.0.113.10:8443 --coord-fingerprint "$fp" \
-    --authkey "$edge_key"
+    --authkey "$edge_key" "${EDGE_MODE[@]}"
 await_line "$WORK/edge.out" "funnel-edge: serving" >/dev/null
 spawn node "$WORK/node.out" env MESHD_LOG=warn "$BIN/meshd" --state-dir "$WORK/node" up \
     --coord https://203.0.113.10:8443 --coord-fingerprint "$fp" --authkey "$node_key" \
@@ -246,7 +249,7 @@ wrk_run() {
     local out a0 b0 a1 b1
     # shellcheck disable=SC2086 # PID lists
     { a0=$(cpu_ticks $a); b0=$(cpu_ticks $b); }
-    out=$(in_ns client wrk -t1 -c"$conns" -d"${DURATION}s" --latency "${extra[@]}" "$url" 2>&1)
+    out=$(in_ns client wrk -t1 -c"$conns" -d"${DURATION}s" --timeout 30s --latency "${extra[@]}" "$url" 2>&1)
     # shellcheck disable=SC2086
     { a1=$(cpu_ticks $a); b1=$(cpu_ticks $b); }
     printf '== %s %s c%s\n%s\n' "$url" "$mode" "$conns" "$out" >>"$WORK/wrk.log"

@@ -25,7 +25,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-use crate::daemon::udp::Udp;
+use crate::daemon::udp::{RecvBufs, Udp};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
@@ -37,7 +37,8 @@ use device::QueueDevice;
 pub use handle::{ConnReader, ConnWriter, Connection, Listener, Stack};
 pub use stack::StackCore;
 
-const BATCH: usize = 64;
+/// Batched socket reads per wake-up before the loop looks at its other sources.
+const RECV_ROUNDS: usize = 8;
 const TICK: Duration = Duration::from_millis(100);
 
 /// The core's output: datagrams to the UDP socket, packets into the stack's device.
@@ -81,7 +82,7 @@ pub async fn run(
     } = wiring;
     let mut pings = Pings::default();
     let wake = core.waker();
-    let mut ubuf = vec![0u8; 65_536];
+    let mut urecv = RecvBufs::default();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let initial = control.borrow_and_update().clone();
@@ -113,17 +114,23 @@ pub async fn run(
                     peers.handle_outbound(&pkt, now, &mut sink);
                 }
             }
-            r = udp.recv_from(&mut ubuf) => {
-                let (n, from) = r?;
+            r = udp.readable() => {
+                r?;
                 let now = Instant::now();
                 let mut sink = StackSink {
                     udp: &udp, device: &mut core.device, pings: &mut pings, dropped: 0,
                 };
-                peers.handle_datagram(from, &ubuf[..n], now, &mut sink);
-                for _ in 1..BATCH {
-                    match udp.try_recv_from(&mut ubuf) {
-                        Ok((n, from)) => peers.handle_datagram(from, &ubuf[..n], now, &mut sink),
-                        Err(_) => break,
+                // Batched reads: the socket has receive offload on, so one buffer may hold
+                // several datagrams (a sender's segmentation offload), split here by their size.
+                for _ in 0..RECV_ROUNDS {
+                    match udp.try_recv(&mut urecv) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        // An ICMP error for an earlier send, say: not fatal.
+                        Err(_) => continue,
+                    }
+                    for (from, d) in urecv.datagrams() {
+                        peers.handle_datagram(from, d, now, &mut sink);
                     }
                 }
             }

@@ -129,9 +129,14 @@ pub struct Node {
 
 impl Node {
     pub fn up(host: &Host, coord: &Coord, authkey: &str, name: &str) -> Node {
+        Self::up_with(host, coord, authkey, name, &[])
+    }
+
+    /// [`Node::up`] with more `meshd up` options (`--userspace`, say).
+    pub fn up_with(host: &Host, coord: &Coord, authkey: &str, name: &str, extra: &[&str]) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("meshd");
-        let args = [
+        let mut args = vec![
             "--state-dir",
             state.to_str().unwrap(),
             "up",
@@ -144,6 +149,7 @@ impl Node {
             "--hostname",
             name,
         ];
+        args.extend_from_slice(extra);
         let (process, line) = spawn_meshd(host, &args, Duration::from_secs(20));
         let (ipv4, ipv6) = up_addresses(&line);
         Node {
