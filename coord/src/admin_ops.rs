@@ -165,7 +165,7 @@ fn run(svc: &mut Service, req: AdminRequest) -> Result<AdminResponse, String> {
             svc.store
                 .set_policy(&policy, unix)
                 .map_err(|e| e.to_string())?;
-            svc.mesh.set_policy(parsed, now);
+            svc.mesh.set_policy(parsed, now, unix);
             svc.policy_text = Some(policy);
             info!("policy updated");
             Ok(done("policy updated"))

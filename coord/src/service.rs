@@ -190,6 +190,7 @@ impl Service {
                 self.tick(now);
             }
             self.forget_dropped_funnels();
+            self.store_shortened_funnels();
             self.deliver();
         }
         self.flush_last_seen();
@@ -343,6 +344,25 @@ impl Service {
         self.mesh.remove_funnel(name, Instant::now());
         info!(node = %id, name, "funnel closed");
         Ok(())
+    }
+
+    /// Stores the new expiry of funnels the core shortened (a lower `max_ttl` in a new policy).
+    fn store_shortened_funnels(&mut self) {
+        let routes = self.mesh.drain_shortened_funnels();
+        if routes.is_empty() {
+            return;
+        }
+        info!(
+            count = routes.len(),
+            "funnels shortened to the policy's max_ttl"
+        );
+        let unix = unix_now();
+        for r in &routes {
+            if let Err(e) = self.store.upsert_funnel(r, unix) {
+                // Harmless until a restart: then the stored route is shortened again on load.
+                warn!(funnel = %r.name, "storing a shortened funnel: {e}");
+            }
+        }
     }
 
     /// Deletes from storage the funnels the core dropped (expired, owner gone, grant withdrawn).

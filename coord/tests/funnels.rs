@@ -387,3 +387,45 @@ async fn funnels_survive_a_restart_and_go_with_a_removed_node() {
     let edge_map = Follow::open(&edge).await;
     assert_eq!(names(&edge_map.map.funnel_routes), ["laptop"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lower_max_ttl_shortens_open_funnels_for_edges_and_in_storage() {
+    let dir = tempfile::tempdir().unwrap();
+    let coord = Coord::start(dir.path());
+    let addr = coord.addr.to_string();
+    set_policy(&coord, POLICY);
+    let (edge, _) = node(&coord, "edge", &["edge"]).await;
+    let (laptop, _) = node(&coord, "laptop", &[]).await;
+    let opened = laptop
+        .funnel_open(&req(None, 3000, Some(3600)))
+        .await
+        .unwrap();
+    let hour_from_open = opened.route.expires;
+    let mut edge_map = Follow::open(&edge).await;
+    assert_eq!(edge_map.map.funnel_routes, vec![opened.route.clone()]);
+
+    // The grant drops to 10 minutes: the hour-long funnel now ends within 10 minutes.
+    let before = coord::service::unix_now();
+    set_policy(&coord, &POLICY.replace("\"1h\"", "\"10m\""));
+    edge_map
+        .until(SOON, "the route shortened to 10 minutes", |m| {
+            m.funnel_routes.len() == 1
+                && m.funnel_routes[0].expires <= coord::service::unix_now() + 600
+        })
+        .await;
+    let shortened = edge_map.map.funnel_routes[0].expires;
+    assert!(
+        shortened >= before + 600 && shortened < hour_from_open,
+        "{shortened}"
+    );
+    assert_eq!(laptop.funnels().await.unwrap()[0].route.expires, shortened);
+
+    // Back to an hour: nothing grows again, and the shorter expiry is what was stored (a
+    // restart under the hour-long grant would otherwise bring the old expiry back).
+    set_policy(&coord, POLICY);
+    drop(coord);
+    let _coord = Coord::start_at(dir.path(), &addr, &[]);
+    let edge_map = Follow::open(&edge).await;
+    assert_eq!(edge_map.map.funnel_routes.len(), 1);
+    assert_eq!(edge_map.map.funnel_routes[0].expires, shortened);
+}

@@ -183,6 +183,8 @@ impl Mesh {
                 self.dropped_funnels.push(r.name);
             }
         }
+        // A policy changed while coord was down: no route outlives its grant's max_ttl.
+        self.shorten_funnels_to_policy(now_unix);
     }
 
     /// A funnel was stored (opened or renewed): its edges and owner hear of it.
@@ -224,6 +226,40 @@ impl Mesh {
     /// withdrawn) since the last call: the driver deletes them from storage.
     pub fn drain_dropped_funnels(&mut self) -> Vec<String> {
         std::mem::take(&mut self.dropped_funnels)
+    }
+
+    /// Routes the core shortened since the last call (a new policy lowered their grant's
+    /// `max_ttl`): the driver stores their new expiry.
+    pub fn drain_shortened_funnels(&mut self) -> Vec<FunnelRoute> {
+        std::mem::take(&mut self.shortened_funnels)
+    }
+
+    /// Caps every route's expiry at `now_unix` plus its grant's `max_ttl`; the caller arms the
+    /// batch timer.
+    pub(super) fn shorten_funnels_to_policy(&mut self, now_unix: u64) {
+        let shortened: Vec<FunnelRoute> = self
+            .funnels
+            .values()
+            .filter_map(|r| {
+                let max = self
+                    .policy
+                    .funnel_ttl(&self.nodes.get(&r.node)?.view, r.port)
+                    .ok()?;
+                let limit = now_unix.saturating_add(max.as_secs());
+                (r.expires > limit).then(|| FunnelRoute {
+                    expires: limit,
+                    ..r.clone()
+                })
+            })
+            .collect();
+        if shortened.is_empty() {
+            return;
+        }
+        self.snapshot_funnels();
+        for r in shortened {
+            self.funnels.insert(r.name.clone(), r.clone());
+            self.shortened_funnels.push(r);
+        }
     }
 
     /// Remembers the routes as they were before the first change of this batch window.

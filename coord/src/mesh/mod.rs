@@ -106,6 +106,8 @@ pub struct Mesh {
     funnels: BTreeMap<String, FunnelRoute>,
     /// Routes dropped by the core itself, for the driver to delete from storage.
     dropped_funnels: Vec<String>,
+    /// Routes the core shortened on its own (a policy lowered their `max_ttl`), for storage.
+    shortened_funnels: Vec<FunnelRoute>,
     streams: BTreeMap<StreamId, NodeId>,
     /// Nodes with at least one open stream (kept in step with `Entry::streams`).
     online: usize,
@@ -142,6 +144,7 @@ impl Mesh {
             policy,
             funnels: BTreeMap::new(),
             dropped_funnels: Vec::new(),
+            shortened_funnels: Vec::new(),
             streams: BTreeMap::new(),
             online: 0,
             next_stream: 1,
@@ -358,8 +361,9 @@ impl Mesh {
         }
     }
 
-    /// A new policy. Funnels it no longer grants are dropped.
-    pub fn set_policy(&mut self, policy: Policy, now: Instant) {
+    /// A new policy. Funnels it no longer grants are dropped; funnels that would outlive the
+    /// new grant's `max_ttl` (counted from `now_unix`) are shortened to it.
+    pub fn set_policy(&mut self, policy: Policy, now: Instant, now_unix: u64) {
         let old = std::mem::replace(&mut self.policy, policy);
         if self.pending.old_policy.is_none() {
             self.pending.old_policy = Some(old);
@@ -369,6 +373,7 @@ impl Mesh {
                 .get(&r.node)
                 .is_none_or(|e| m.policy.funnel_ttl(&e.view, r.port).is_err())
         });
+        self.shorten_funnels_to_policy(now_unix);
         self.touch(now);
     }
 

@@ -235,14 +235,14 @@ fn policy_limits_peers_and_changes_reach_only_those_affected() {
     assert_eq!(sim.settle(), 1);
 
     // Open the mesh: everyone learns of everyone; filters change.
-    sim.mesh.set_policy(Policy::default(), sim.now);
+    sim.mesh.set_policy(Policy::default(), sim.now, sim.unix);
     sim.settle();
     sim.check();
     assert_eq!(sim.peers_of(s_other), vec!["dev1", "dev2", "srv"]);
 
     // And close it again.
     sim.mesh
-        .set_policy(Policy::parse(r#"{"acls": []}"#).unwrap(), sim.now);
+        .set_policy(Policy::parse(r#"{"acls": []}"#).unwrap(), sim.now, sim.unix);
     sim.settle();
     sim.check();
     assert!(sim.peers_of(s_srv).is_empty());
@@ -392,7 +392,7 @@ fn random_operations_keep_every_client_in_step() {
             }
             3 => sim
                 .mesh
-                .set_policy(policies[rnd(3) as usize].clone(), sim.now),
+                .set_policy(policies[rnd(3) as usize].clone(), sim.now, sim.unix),
             4 => {
                 let open: Vec<_> = sim.mesh.streams.keys().copied().collect();
                 if !open.is_empty() {
@@ -460,6 +460,7 @@ fn full_lines_from_cached_entries_equal_the_serde_netmap() {
         )
         .unwrap(),
         sim.now,
+        sim.unix,
     );
     open(&mut sim, b, Some("demo"), 8080, None);
     sim.connect(b);
@@ -697,7 +698,7 @@ fn a_removed_or_expired_node_or_a_withdrawn_grant_takes_funnels_away() {
             "funnel": [{"nodes": ["laptop"], "ports": ["3000"]}]}"#,
     )
     .unwrap();
-    sim.mesh.set_policy(p, sim.now);
+    sim.mesh.set_policy(p, sim.now, sim.unix);
     sim.settle();
     sim.check();
     assert_eq!(sim.mesh.drain_dropped_funnels(), vec!["a".to_owned()]);
@@ -708,6 +709,50 @@ fn a_removed_or_expired_node_or_a_withdrawn_grant_takes_funnels_away() {
         .unwrap()
         .funnel_routes
         .is_empty());
+}
+
+#[test]
+fn a_lower_max_ttl_shortens_open_funnels_and_edges_hear_of_it() {
+    let mut sim = Sim::new(funnel_policy());
+    let edge = sim.add("edge", &["tag:edge"]);
+    let laptop = sim.add("laptop", &[]);
+    let dev = sim.add("dev", &["tag:dev"]);
+    sim.settle();
+    let s_edge = sim.connect(edge);
+    sim.settle();
+    let long = open(&mut sim, laptop, None, 3000, Some(3600));
+    let short = open(&mut sim, dev, Some("d"), 80, Some(60));
+    sim.settle();
+    assert_eq!(long.expires, sim.unix + 3600);
+
+    // laptop's grant drops to 10 minutes: its hour-long funnel ends 10 minutes from now; dev's
+    // one-minute funnel is already within its (unchanged, 24 h) grant.
+    let p = Policy::parse(
+        r#"{"acls": [{"src": ["tag:dev"], "dst": ["tag:dev"]}],
+            "funnel": [{"nodes": ["laptop"], "ports": ["3000-3001"], "max_ttl": "10m"},
+                       {"nodes": ["tag:dev"], "ports": ["80"]}],
+            "edges": [{"tag": "tag:edge"}]}"#,
+    )
+    .unwrap();
+    sim.mesh.set_policy(p, sim.now, sim.unix);
+    sim.settle();
+    sim.check();
+    let want = FunnelRoute {
+        expires: sim.unix + 600,
+        ..long
+    };
+    assert_eq!(sim.mesh.drain_shortened_funnels(), vec![want.clone()]);
+    assert!(sim.mesh.drain_dropped_funnels().is_empty());
+    assert_eq!(sim.mesh.funnel("laptop"), Some(&want));
+    assert_eq!(sim.mesh.funnel("d"), Some(&short));
+    let routes = &sim.clients[&s_edge].1.as_ref().unwrap().funnel_routes;
+    assert!(routes.contains(&want), "{routes:?}");
+
+    // Setting the same policy again shortens nothing more.
+    sim.mesh.set_policy(funnel_policy(), sim.now, sim.unix);
+    sim.settle();
+    assert!(sim.mesh.drain_shortened_funnels().is_empty());
+    assert_eq!(sim.mesh.funnel("laptop"), Some(&want));
 }
 
 #[test]
@@ -724,16 +769,23 @@ fn stored_funnels_load_without_the_expired_or_ungranted() {
     sim.mesh.load_funnels(
         vec![
             route("live", laptop, 3000, sim.unix + 10),
+            // Stored under an older policy with a longer max_ttl than today's hour.
+            route("long", laptop, 3001, sim.unix + 7200),
             route("old", laptop, 3000, sim.unix),
             route("nogrant", other, 3000, sim.unix + 10),
             route("ghost", NodeId(999), 3000, sim.unix + 10),
         ],
         sim.unix,
     );
+    let shortened = route("long", laptop, 3001, sim.unix + 3600);
     assert_eq!(
         sim.mesh.funnels_of(laptop),
-        vec![route("live", laptop, 3000, sim.unix + 10)]
+        vec![
+            route("live", laptop, 3000, sim.unix + 10),
+            shortened.clone()
+        ]
     );
+    assert_eq!(sim.mesh.drain_shortened_funnels(), vec![shortened]);
     let mut dropped = sim.mesh.drain_dropped_funnels();
     dropped.sort();
     assert_eq!(dropped, vec!["ghost", "nogrant", "old"]);
