@@ -494,6 +494,16 @@ fn funnel_policy() -> Policy {
     .unwrap()
 }
 
+/// The nodes of the funnel tests: an edge, "laptop" (granted ports 3000-3001 for at most an
+/// hour) and "dev" (tag:dev, port 80).
+fn edge_laptop_dev(sim: &mut Sim) -> (NodeId, NodeId, NodeId) {
+    let edge = sim.add("edge", &["tag:edge"]);
+    let laptop = sim.add("laptop", &[]);
+    let dev = sim.add("dev", &["tag:dev"]);
+    sim.settle();
+    (edge, laptop, dev)
+}
+
 fn open(sim: &mut Sim, id: NodeId, name: Option<&str>, port: u16, ttl: Option<u64>) -> FunnelRoute {
     let req = FunnelRequest {
         name: name.map(str::to_owned),
@@ -519,10 +529,7 @@ fn ingress_rule() -> FilterRule {
 #[test]
 fn funnel_routes_reach_edges_and_owner_and_open_only_the_ingress_while_live() {
     let mut sim = Sim::new(funnel_policy());
-    let edge = sim.add("edge", &["tag:edge"]);
-    let laptop = sim.add("laptop", &[]);
-    let dev = sim.add("dev", &["tag:dev"]);
-    sim.settle();
+    let (edge, laptop, dev) = edge_laptop_dev(&mut sim);
     let s_edge = sim.connect(edge);
     let s_laptop = sim.connect(laptop);
     let s_dev = sim.connect(dev);
@@ -714,10 +721,7 @@ fn a_removed_or_expired_node_or_a_withdrawn_grant_takes_funnels_away() {
 #[test]
 fn a_lower_max_ttl_shortens_open_funnels_and_edges_hear_of_it() {
     let mut sim = Sim::new(funnel_policy());
-    let edge = sim.add("edge", &["tag:edge"]);
-    let laptop = sim.add("laptop", &[]);
-    let dev = sim.add("dev", &["tag:dev"]);
-    sim.settle();
+    let (edge, laptop, dev) = edge_laptop_dev(&mut sim);
     let s_edge = sim.connect(edge);
     sim.settle();
     let long = open(&mut sim, laptop, None, 3000, Some(3600));
