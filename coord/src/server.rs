@@ -126,6 +126,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
             batch_window: cfg.batch_window,
             key_lifetime: cfg.key_lifetime,
             ephemeral_timeout: cfg.ephemeral_timeout,
+            funnel_domain: cfg.funnel_domain.clone(),
         },
         policy,
         records,

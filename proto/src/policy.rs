@@ -421,6 +421,20 @@ impl Policy {
     }
 
     /// Whether `node` is an edge.
+    /// The policy as a coordinator that serves funnels under `domain` applies it: edge rules
+    /// whose `domains` name only other domains are left out (their tags mark no edges there).
+    #[must_use]
+    pub fn for_funnel_domain(mut self, domain: &str) -> Self {
+        let domain = domain.trim_end_matches('.');
+        self.doc.edges.retain(|e| {
+            e.domains.is_empty()
+                || e.domains
+                    .iter()
+                    .any(|d| d.trim_end_matches('.').eq_ignore_ascii_case(domain))
+        });
+        self
+    }
+
     pub fn is_edge(&self, node: &Node) -> bool {
         self.doc.edges.iter().any(|e| e.tag.matches(node))
     }
@@ -597,5 +611,27 @@ mod tests {
             e.tags = vec!["tag:edge".into()];
             e
         }));
+    }
+
+    #[test]
+    fn edge_rules_for_other_funnel_domains_are_left_out() {
+        let p = Policy::parse(
+            r#"{"edges": [{"tag": "tag:a", "domains": ["one.example"]},
+                          {"tag": "tag:b", "domains": ["two.example", "one.example"]},
+                          {"tag": "tag:c"}]}"#,
+        )
+        .unwrap();
+        let tags = |p: &Policy| -> Vec<String> {
+            p.doc().edges.iter().map(|e| e.tag.to_string()).collect()
+        };
+        assert_eq!(
+            tags(&p.clone().for_funnel_domain("one.example")),
+            ["tag:a", "tag:b", "tag:c"]
+        );
+        assert_eq!(
+            tags(&p.clone().for_funnel_domain("two.example.")),
+            ["tag:b", "tag:c"]
+        );
+        assert_eq!(tags(&p.for_funnel_domain("three.example")), ["tag:c"]);
     }
 }

@@ -53,6 +53,8 @@ pub struct MeshConfig {
     pub key_lifetime: Duration,
     /// How long an ephemeral node may stay offline before it is removed.
     pub ephemeral_timeout: Duration,
+    /// The funnel domain: only edge rules for it (or for any domain) mark edges.
+    pub funnel_domain: String,
 }
 
 #[derive(Debug)]
@@ -135,6 +137,7 @@ fn line(msg: &MapMessage) -> Bytes {
 
 impl Mesh {
     pub fn new(cfg: MeshConfig, policy: Policy, records: Vec<NodeRecord>, now_unix: u64) -> Self {
+        let policy = policy.for_funnel_domain(&cfg.funnel_domain);
         let mut mesh = Self {
             cfg,
             nodes: BTreeMap::new(),
@@ -364,6 +367,7 @@ impl Mesh {
     /// A new policy. Funnels it no longer grants are dropped; funnels that would outlive the
     /// new grant's `max_ttl` (counted from `now_unix`) are shortened to it.
     pub fn set_policy(&mut self, policy: Policy, now: Instant, now_unix: u64) {
+        let policy = policy.for_funnel_domain(&self.cfg.funnel_domain);
         let old = std::mem::replace(&mut self.policy, policy);
         if self.pending.old_policy.is_none() {
             self.pending.old_policy = Some(old);

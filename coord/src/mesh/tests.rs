@@ -18,6 +18,7 @@ fn cfg() -> MeshConfig {
         batch_window: Duration::from_millis(20),
         key_lifetime: Duration::from_secs(180 * 86400),
         ephemeral_timeout: Duration::from_secs(1800),
+        funnel_domain: "funnel.example.com".into(),
     }
 }
 
@@ -757,6 +758,40 @@ fn a_lower_max_ttl_shortens_open_funnels_and_edges_hear_of_it() {
     sim.settle();
     assert!(sim.mesh.drain_shortened_funnels().is_empty());
     assert_eq!(sim.mesh.funnel("laptop"), Some(&want));
+}
+
+#[test]
+fn only_edges_for_this_funnel_domain_get_routes_and_the_ingress() {
+    let policy = Policy::parse(
+        r#"{"acls": [],
+            "funnel": [{"nodes": ["laptop"], "ports": ["3000"]}],
+            "edges": [{"tag": "tag:edge", "domains": ["other.example"]},
+                      {"tag": "tag:here", "domains": ["funnel.example.com"]}]}"#,
+    )
+    .unwrap();
+    let mut sim = Sim::new(policy);
+    let elsewhere = sim.add("elsewhere", &["tag:edge"]);
+    let here = sim.add("here", &["tag:here"]);
+    let laptop = sim.add("laptop", &[]);
+    sim.settle();
+    let s_elsewhere = sim.connect(elsewhere);
+    let s_here = sim.connect(here);
+    let s_laptop = sim.connect(laptop);
+    sim.settle();
+    let route = open(&mut sim, laptop, None, 3000, None);
+    sim.settle();
+    sim.check();
+    let map = |s| sim.clients[&s].1.as_ref().unwrap();
+    assert_eq!(map(s_here).funnel_routes, vec![route]);
+    assert!(map(s_elsewhere).funnel_routes.is_empty());
+    assert!(sim.peers_of(s_elsewhere).is_empty());
+    assert_eq!(sim.peers_of(s_here), vec!["laptop"]);
+    let ingress = map(s_laptop)
+        .packet_filter
+        .iter()
+        .find(|r| r.ports.iter().any(|p| p.lo == FUNNEL_INGRESS_PORT))
+        .unwrap();
+    assert_eq!(ingress.src, vec!["tag:here".to_owned()]);
 }
 
 #[test]
