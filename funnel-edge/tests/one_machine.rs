@@ -47,6 +47,33 @@ async fn off_expiry_and_missing_grants() {
     let body = wait_status(&edge, "brief", 404, Duration::from_secs(15)).await;
     assert!(body.contains("expired"), "{body}");
     // The node drops its own record within a second of the TTL.
+    wait_no_funnels(mesh).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lower_max_ttl_in_the_policy_ends_an_open_funnel_early() {
+    let edge = Edge::start_mesh().await;
+    let mesh = edge.mesh.as_ref().unwrap();
+    let (ok, out) = mesh.meshd(&["funnel", "status"]);
+    assert!(ok && out.contains("hello"), "{out}");
+    // "hello" was opened for the grant's hour; the grant drops to 3 seconds.
+    let (ok, out) = mesh.coord(&["policy", "get"]);
+    assert!(ok, "{out}");
+    let policy = out.replace("\"1h\"", "\"3s\"");
+    assert!(policy.contains("\"3s\""), "{out}");
+    let file = edge.dir.path().join("policy-3s.json");
+    std::fs::write(&file, policy).unwrap();
+    let (ok, out) = mesh.coord(&["policy", "set", file.to_str().unwrap()]);
+    assert!(ok, "{out}");
+
+    // The edge shows the expired page about 3 s later; the node drops its record too.
+    let body = wait_status(&edge, "hello", 404, Duration::from_secs(15)).await;
+    assert!(body.contains("expired"), "{body}");
+    wait_no_funnels(mesh).await;
+}
+
+/// Waits (up to 5 s) until `meshd funnel status` lists no funnels.
+async fn wait_no_funnels(mesh: &common::Mesh) {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         let (ok, out) = mesh.meshd(&["funnel", "status"]);

@@ -633,4 +633,11 @@ impl Mesh {
         all.extend_from_slice(args);
         run(binary("meshd"), &all)
     }
+
+    /// Runs `coord` with the coordinator's state dir (its admin socket).
+    pub fn coord(&self, args: &[&str]) -> (bool, String) {
+        let mut all = vec!["--state-dir", self.coord_state.to_str().unwrap()];
+        all.extend_from_slice(args);
+        run(binary("coord"), &all)
+    }
 }

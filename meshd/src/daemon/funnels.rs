@@ -24,10 +24,14 @@ pub fn ingress(
 ) -> Ingress {
     let edges: Arc<RwLock<HashSet<IpAddr>>> = Arc::default();
     let current = edges.clone();
+    let service = funnels.clone();
     tokio::spawn(async move {
         loop {
             let set = match &*control.borrow_and_update() {
-                Some(ControlState::Netmap(map)) => edge_addresses(map),
+                Some(ControlState::Netmap(map)) => {
+                    service.follow_routes(map.self_node.id, &map.funnel_routes);
+                    edge_addresses(map)
+                }
                 _ => HashSet::new(),
             };
             *current.write().unwrap_or_else(PoisonError::into_inner) = set;

@@ -115,6 +115,22 @@ impl FunnelService {
             .list()
     }
 
+    /// Follows the coordinator's record of this node's routes: a funnel it shortened (a lower
+    /// `max_ttl` in a new policy) ends here at the same time. Nothing is lengthened or added.
+    pub fn follow_routes(&self, me: proto::NodeId, routes: &[proto::map::FunnelRoute]) {
+        let mut changed = false;
+        {
+            let mut t = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+            for r in routes.iter().filter(|r| r.node == me) {
+                changed |= t.cap_expiry(&r.name, r.expires);
+            }
+        }
+        if changed {
+            info!("funnel expiry shortened by the coordinator");
+            self.save();
+        }
+    }
+
     /// Drops expired funnels every second (the coordinator removes their routes on its own).
     pub async fn expire_forever(self) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));

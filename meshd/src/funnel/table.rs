@@ -53,6 +53,18 @@ impl FunnelTable {
             .map(|f| f.port)
     }
 
+    /// Moves funnel `name`'s expiry earlier to `expires` (the coordinator shortened it); never
+    /// later. Whether anything changed.
+    pub fn cap_expiry(&mut self, name: &str, expires: u64) -> bool {
+        match self.funnels.get_mut(name) {
+            Some(f) if f.expires > expires => {
+                f.expires = expires;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Drops and returns the funnels whose TTL has passed.
     pub fn expire(&mut self, now: u64) -> Vec<LocalFunnel> {
         let gone: Vec<String> = self
@@ -126,5 +138,17 @@ mod tests {
         assert_eq!(saved.len(), 2);
         let r = FunnelTable::restore(saved, 100);
         assert_eq!(r.list(), vec![f("bg", 3001, 500, true)]);
+    }
+
+    #[test]
+    fn the_coordinator_can_only_shorten_a_funnel() {
+        let mut t = FunnelTable::default();
+        t.upsert(f("demo", 3000, 1000, true));
+        assert!(!t.cap_expiry("demo", 2000));
+        assert!(!t.cap_expiry("other", 10));
+        assert!(t.cap_expiry("demo", 500));
+        assert_eq!(t.port_for("demo", 499), Some(3000));
+        assert_eq!(t.port_for("demo", 500), None);
+        assert_eq!(t.saved()[0].expires, 500);
     }
 }
