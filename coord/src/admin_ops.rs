@@ -5,11 +5,12 @@ use std::time::{Duration, Instant};
 
 use keys::authkey::AuthKeyToken;
 use keys::PublicKey;
-use proto::admin::{AdminRequest, AdminResponse, AuthKeyInfo, NodeInfo};
+use proto::admin::{AdminRequest, AdminResponse, AuthKeyInfo, FunnelInfo, NodeInfo};
 use proto::policy::{is_dns_label, Policy};
 use proto::Node;
 use tracing::info;
 
+use crate::http::funnels::funnel_url;
 use crate::service::{parse_key_id, unix_now, Service};
 use crate::store::AuthKeyRecord;
 
@@ -153,6 +154,32 @@ fn run(svc: &mut Service, req: AdminRequest) -> Result<AdminResponse, String> {
         }
         AdminRequest::NodesAddExternal { name, public_key } => {
             add_external(svc, &name, &public_key, now, unix)
+        }
+        AdminRequest::FunnelsList => {
+            let cfg = svc.mesh.config();
+            let funnels = svc
+                .mesh
+                .all_funnels()
+                .map(|r| FunnelInfo {
+                    node_name: svc.mesh.node_name(r.node).unwrap_or_default(),
+                    url: funnel_url(&r.name, &cfg.funnel_domain, cfg.funnel_port),
+                    route: r.clone(),
+                })
+                .collect();
+            Ok(AdminResponse::Funnels { funnels })
+        }
+        AdminRequest::FunnelsClose { name } => {
+            if svc.mesh.funnel(&name).is_none() {
+                return Err(format!("no live funnel named {name:?}"));
+            }
+            svc.store
+                .delete_funnels(std::slice::from_ref(&name))
+                .map_err(|e| e.to_string())?;
+            svc.mesh.remove_funnel(&name, now);
+            info!(name, "funnel closed by an admin");
+            Ok(done(format!(
+                "funnel {name} closed: the edges stop serving it and its node drops it"
+            )))
         }
         AdminRequest::PolicyGet => Ok(AdminResponse::Policy {
             policy: svc

@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use coord::admin::client;
 use coord::server::{self, ServeConfig};
-use proto::admin::{AdminRequest, AdminResponse, AuthKeyInfo, NodeInfo};
+use proto::admin::{AdminRequest, AdminResponse, AuthKeyInfo, FunnelInfo, NodeInfo};
 
 #[derive(Parser, Debug)]
 #[command(name = "coord", version, about = "meshfunnel coordination server")]
@@ -36,9 +36,24 @@ enum Cmd {
     /// List, expire and remove nodes.
     #[command(subcommand)]
     Nodes(NodesCmd),
+    /// List live funnels, or close one.
+    #[command(subcommand)]
+    Funnels(FunnelsCmd),
     /// Show or replace the policy.
     #[command(subcommand)]
     Policy(PolicyCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum FunnelsCmd {
+    /// List every live funnel: name, node, port, time left, URL.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Close a funnel, whichever node opened it: the edges stop serving it at once and its node
+    /// drops it.
+    Close { name: String },
 }
 
 #[derive(Args, Debug)]
@@ -275,6 +290,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Cmd::Funnels(FunnelsCmd::List { json }) => {
+            let AdminResponse::Funnels { funnels } = admin(&dir, AdminRequest::FunnelsList)? else {
+                bail!("unexpected answer from coord");
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&funnels)?);
+            } else {
+                print_funnels(&funnels);
+            }
+            Ok(())
+        }
+        Cmd::Funnels(FunnelsCmd::Close { name }) => {
+            done(admin(&dir, AdminRequest::FunnelsClose { name })?)
+        }
         Cmd::Policy(PolicyCmd::Get) => {
             let AdminResponse::Policy { policy } = admin(&dir, AdminRequest::PolicyGet)? else {
                 bail!("unexpected answer from coord");
@@ -350,6 +379,29 @@ fn print_nodes(nodes: &[NodeInfo]) {
             n.node.ipv6,
             n.node.tags.join(","),
             if n.ephemeral { " (ephemeral)" } else { "" }
+        );
+    }
+}
+
+fn print_funnels(funnels: &[FunnelInfo]) {
+    if funnels.is_empty() {
+        println!("no live funnels");
+        return;
+    }
+    let now = coord::service::unix_now();
+    println!(
+        "{:<20}  {:<20}  {:>5}  {:>9}  URL",
+        "NAME", "NODE", "PORT", "LEFT"
+    );
+    for f in funnels {
+        let left = Duration::from_secs(f.route.expires.saturating_sub(now));
+        println!(
+            "{:<20}  {:<20}  {:>5}  {:>9}  {}",
+            f.route.name,
+            f.node_name,
+            f.route.port,
+            proto::duration::format(left),
+            f.url
         );
     }
 }

@@ -127,6 +127,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
             key_lifetime: cfg.key_lifetime,
             ephemeral_timeout: cfg.ephemeral_timeout,
             funnel_domain: cfg.funnel_domain.clone(),
+            funnel_port: cfg.funnel_port,
         },
         policy,
         records,

@@ -51,11 +51,51 @@ async fn off_expiry_and_missing_grants() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_lower_max_ttl_in_the_policy_ends_an_open_funnel_early() {
+async fn an_admin_close_or_a_lower_max_ttl_ends_open_funnels() {
     let edge = Edge::start_mesh().await;
     let mesh = edge.mesh.as_ref().unwrap();
-    let (ok, out) = mesh.meshd(&["funnel", "status"]);
-    assert!(ok && out.contains("hello"), "{out}");
+    let port = mesh.svc_port.to_string();
+    let (ok, out) = mesh.meshd(&["funnel", &port, "--bg", "--name", "extra"]);
+    assert!(ok, "{out}");
+    wait_status(&edge, "extra", 200, Duration::from_secs(10)).await;
+
+    // The admin sees every live funnel, with its node and URL.
+    let (ok, out) = mesh.coord(&["funnels", "list", "--json"]);
+    assert!(ok, "{out}");
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["route"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["extra", "hello"], "{out}");
+    assert_eq!(list[0]["node_name"], "laptop");
+    assert_eq!(list[0]["url"], edge.url("extra", "/"));
+    let (ok, out) = mesh.coord(&["funnels", "list"]);
+    assert!(
+        ok && out.contains("extra") && out.contains("laptop"),
+        "{out}"
+    );
+
+    // Closed by the admin: gone at the edge and on the node; the other stays.
+    let (ok, out) = mesh.coord(&["funnels", "close", "nosuch"]);
+    assert!(!ok && out.contains("no live funnel named"), "{out}");
+    let (ok, out) = mesh.coord(&["funnels", "close", "extra"]);
+    assert!(ok, "{out}");
+    wait_status(&edge, "extra", 404, Duration::from_secs(10)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (ok, out) = mesh.meshd(&["funnel", "status"]);
+        assert!(ok, "{out}");
+        if !out.contains("extra") {
+            assert!(out.contains("hello"), "{out}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{out}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_status(&edge, "hello", 200, Duration::from_secs(1)).await;
     // "hello" was opened for the grant's hour; the grant drops to 3 seconds.
     let (ok, out) = mesh.coord(&["policy", "get"]);
     assert!(ok, "{out}");

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::map::FunnelRoute;
 use crate::node::Node;
 
 /// File name of the admin socket inside coord's state dir.
@@ -38,6 +39,12 @@ pub enum AdminRequest {
         /// The device's WireGuard public key (base64, as `wg pubkey` prints it).
         public_key: String,
     },
+    /// Every live funnel.
+    FunnelsList,
+    /// Closes a funnel whichever node opened it (its node drops it too).
+    FunnelsClose {
+        name: String,
+    },
     PolicyGet,
     /// `policy` is the document's text, so errors can point into it.
     PolicySet {
@@ -65,6 +72,9 @@ pub enum AdminResponse {
         node: NodeInfo,
         config: String,
     },
+    Funnels {
+        funnels: Vec<FunnelInfo>,
+    },
     Policy {
         policy: String,
     },
@@ -88,6 +98,16 @@ pub struct AuthKeyInfo {
     /// How many nodes registered with it.
     pub uses: u64,
     pub revoked: bool,
+}
+
+/// A live funnel as `coord funnels list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunnelInfo {
+    pub route: FunnelRoute,
+    /// The name of the node that opened it.
+    pub node_name: String,
+    /// Its public URL.
+    pub url: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,6 +151,14 @@ mod tests {
             AdminRequest::NodesAddExternal {
                 name: "phone".into(),
                 public_key: "AAAA".into()
+            }
+        );
+        let r: AdminRequest =
+            serde_json::from_str(r#"{"cmd":"funnels_close","name":"demo"}"#).unwrap();
+        assert_eq!(
+            r,
+            AdminRequest::FunnelsClose {
+                name: "demo".into()
             }
         );
         assert!(serde_json::from_str::<AdminRequest>(r#"{"cmd":"drop_tables"}"#).is_err());

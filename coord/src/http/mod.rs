@@ -4,7 +4,7 @@
 //! before anything else; errors become a status and a JSON body in [`respond_error`] only.
 
 pub mod auth;
-mod funnels;
+pub mod funnels;
 mod map;
 
 use std::convert::Infallible;

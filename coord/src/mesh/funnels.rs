@@ -213,6 +213,11 @@ impl Mesh {
         self.funnels.get(name)
     }
 
+    /// Every live route, by name.
+    pub fn all_funnels(&self) -> impl Iterator<Item = &FunnelRoute> {
+        self.funnels.values()
+    }
+
     /// Node `id`'s live routes, by name.
     pub fn funnels_of(&self, id: NodeId) -> Vec<FunnelRoute> {
         self.funnels

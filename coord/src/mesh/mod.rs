@@ -55,6 +55,8 @@ pub struct MeshConfig {
     pub ephemeral_timeout: Duration,
     /// The funnel domain: only edge rules for it (or for any domain) mark edges.
     pub funnel_domain: String,
+    /// The port funnel URLs name (443: none).
+    pub funnel_port: u16,
 }
 
 #[derive(Debug)]
@@ -222,6 +224,11 @@ impl Mesh {
             .values()
             .find(|e| e.rec.name == id_or_name)
             .map(|e| e.rec.id)
+    }
+
+    /// The name of node `id`.
+    pub fn node_name(&self, id: NodeId) -> Option<String> {
+        self.nodes.get(&id).map(|e| e.rec.name.clone())
     }
 
     /// Every node with what listings show: record, view, last seen, expired.

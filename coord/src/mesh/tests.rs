@@ -19,6 +19,7 @@ fn cfg() -> MeshConfig {
         key_lifetime: Duration::from_secs(180 * 86400),
         ephemeral_timeout: Duration::from_secs(1800),
         funnel_domain: "funnel.example.com".into(),
+        funnel_port: 443,
     }
 }
 

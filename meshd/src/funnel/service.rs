@@ -115,18 +115,25 @@ impl FunnelService {
             .list()
     }
 
-    /// Follows the coordinator's record of this node's routes: a funnel it shortened (a lower
-    /// `max_ttl` in a new policy) ends here at the same time. Nothing is lengthened or added.
+    /// Follows the coordinator's record of this node's routes ([`FunnelTable::follow`]): a
+    /// funnel it shortened or closed (an admin, a new policy) ends here too, and the ingress
+    /// ends its open streams.
     pub fn follow_routes(&self, me: proto::NodeId, routes: &[proto::map::FunnelRoute]) {
-        let mut changed = false;
-        {
-            let mut t = self.table.lock().unwrap_or_else(PoisonError::into_inner);
-            for r in routes.iter().filter(|r| r.node == me) {
-                changed |= t.cap_expiry(&r.name, r.expires);
-            }
+        let mine = routes
+            .iter()
+            .filter(|r| r.node == me)
+            .map(|r| (r.name.clone(), r.expires))
+            .collect();
+        let (gone, changed) = self
+            .table
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .follow(&mine);
+        for f in &gone {
+            info!(name = %f.name, "funnel closed by the coordinator");
         }
         if changed {
-            info!("funnel expiry shortened by the coordinator");
+            self.changed.send_replace(());
             self.save();
         }
     }

@@ -2,7 +2,7 @@
 //! rather than the netmap (a misconfigured coordinator or edge still cannot reach a port the node
 //! did not publish). Times are Unix seconds, handed in by the caller.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +22,8 @@ pub struct LocalFunnel {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct FunnelTable {
     funnels: BTreeMap<String, LocalFunnel>,
+    /// Funnels the coordinator's routes have listed since they were opened here.
+    listed: BTreeSet<String>,
 }
 
 impl FunnelTable {
@@ -42,7 +44,31 @@ impl FunnelTable {
     }
 
     pub fn remove(&mut self, name: &str) -> Option<LocalFunnel> {
+        self.listed.remove(name);
         self.funnels.remove(name)
+    }
+
+    /// Follows the coordinator's routes of this node (name → expiry): a funnel it shortened
+    /// ends at the same time, and one it listed before but lists no more (closed by an admin,
+    /// grant withdrawn) is dropped. Funnels it has not listed yet (opened a moment ago) are left
+    /// alone, and nothing is lengthened or added. Returns the funnels dropped and whether
+    /// anything changed.
+    pub fn follow(&mut self, routes: &BTreeMap<String, u64>) -> (Vec<LocalFunnel>, bool) {
+        let mut changed = false;
+        let mut gone = Vec::new();
+        let names: Vec<String> = self.funnels.keys().cloned().collect();
+        for name in names {
+            match routes.get(&name) {
+                Some(&expires) => {
+                    self.listed.insert(name.clone());
+                    changed |= self.cap_expiry(&name, expires);
+                }
+                None if self.listed.contains(&name) => gone.extend(self.remove(&name)),
+                None => {}
+            }
+        }
+        changed |= !gone.is_empty();
+        (gone, changed)
     }
 
     /// The local port of a live funnel.
@@ -73,7 +99,7 @@ impl FunnelTable {
             .filter(|f| f.expires <= now)
             .map(|f| f.name.clone())
             .collect();
-        gone.iter().filter_map(|n| self.funnels.remove(n)).collect()
+        gone.iter().filter_map(|n| self.remove(n)).collect()
     }
 
     pub fn list(&self) -> Vec<LocalFunnel> {
@@ -150,5 +176,33 @@ mod tests {
         assert_eq!(t.port_for("demo", 499), Some(3000));
         assert_eq!(t.port_for("demo", 500), None);
         assert_eq!(t.saved()[0].expires, 500);
+    }
+
+    #[test]
+    fn funnels_follow_the_coordinators_routes_once_it_listed_them() {
+        let mut t = FunnelTable::default();
+        t.upsert(f("a", 3000, 1000, true));
+        t.upsert(f("b", 3001, 1000, true));
+        let routes = |r: &[(&str, u64)]| -> BTreeMap<String, u64> {
+            r.iter().map(|(n, e)| ((*n).to_owned(), *e)).collect()
+        };
+        // A netmap from before "b" was opened: "b" stays; "a" is listed, shortened.
+        let (gone, changed) = t.follow(&routes(&[("a", 900)]));
+        assert!(gone.is_empty() && changed);
+        assert_eq!(t.port_for("a", 899), Some(3000));
+        assert_eq!(t.port_for("a", 900), None);
+        assert_eq!(t.port_for("b", 999), Some(3001));
+        assert!(!t.follow(&routes(&[("a", 900), ("b", 1000)])).1);
+        // Closed at the coordinator: listed before, gone now.
+        let (gone, _) = t.follow(&routes(&[("b", 1000)]));
+        assert_eq!(
+            gone.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(),
+            ["a"]
+        );
+        assert_eq!(t.port_for("a", 0), None);
+        // Opened again: not dropped until the coordinator has listed it again.
+        t.upsert(f("a", 3000, 1000, true));
+        assert!(t.follow(&routes(&[("b", 1000)])).0.is_empty());
+        assert_eq!(t.port_for("a", 0), Some(3000));
     }
 }
