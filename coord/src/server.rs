@@ -154,6 +154,7 @@ pub async fn start(cfg: ServeConfig) -> anyhow::Result<Running> {
             protocol_version: proto::PROTOCOL_VERSION,
             coord_key: key.public_key(),
             domain: cfg.domain.clone(),
+            funnel_domain: Some(cfg.funnel_domain.clone()),
         },
         map_keepalive: cfg.map_keepalive,
         funnel_domain: cfg.funnel_domain.clone(),

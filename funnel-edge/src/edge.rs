@@ -51,6 +51,20 @@ pub async fn run(cfg: EdgeConfig, mut stop: watch::Receiver<bool>) -> anyhow::Re
         .await
         .with_context(|| format!("listening on {}", cfg.https_listen))?;
     let node = meshd::daemon::start(cfg.node.clone()).await?;
+    let theirs = node
+        .coord_info
+        .as_ref()
+        .and_then(|i| i.funnel_domain.clone());
+    if let Some(theirs) = theirs {
+        if !theirs.eq_ignore_ascii_case(cfg.domain.trim_end_matches('.')) {
+            node.stop();
+            let _ = node.wait().await;
+            anyhow::bail!(
+                "this edge serves --domain {} but the coordinator publishes funnels under                  {theirs}: start it with --domain {theirs}",
+                cfg.domain
+            );
+        }
+    }
     let (routes_tx, routes_rx) = watch::channel(
         RouteTable::new(&cfg.domain).map_err(|e| anyhow::anyhow!("--domain: {}", e.0))?,
     );

@@ -112,6 +112,64 @@ async fn an_admin_close_or_a_lower_max_ttl_ends_open_funnels() {
     wait_no_funnels(mesh).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_edge_for_another_domain_than_the_coordinators_refuses_to_start() {
+    let edge = Edge::start_mesh().await;
+    let mesh = edge.mesh.as_ref().unwrap();
+    let out = std::process::Command::new(testkit::binary("coord"))
+        .args(["--state-dir", mesh.coord_state.to_str().unwrap()])
+        .args(["authkey", "create", "--tag", "edge"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // The key alone is on standard output.
+    let key = String::from_utf8(out.stdout).unwrap();
+    // Where the coordinator is, as the node saved it.
+    let id: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(mesh.node_state.join("node.json")).unwrap())
+            .unwrap();
+    let state = edge.dir.path().join("edge-other");
+    let mut child = std::process::Command::new(testkit::binary("funnel-edge"))
+        .args(["run", "--userspace", "--listen-port", "0"])
+        .args(["--state-dir", state.to_str().unwrap()])
+        .args([
+            "--domain",
+            "other.localhost",
+            "--https-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--coord", id["coord_url"].as_str().unwrap()])
+        .args([
+            "--coord-fingerprint",
+            id["coord_fingerprint"].as_str().unwrap(),
+        ])
+        .args(["--authkey", key.trim()])
+        .env("FUNNEL_EDGE_LOG", "error")
+        .env("MESHD_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // It must exit by itself; an edge that starts serving instead is killed and fails the test.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("funnel-edge for another domain kept running");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("serves --domain other.localhost")
+            && err.contains("start it with --domain funnel.localhost"),
+        "{err}"
+    );
+}
+
 /// Waits (up to 5 s) until `meshd funnel status` lists no funnels.
 async fn wait_no_funnels(mesh: &common::Mesh) {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);

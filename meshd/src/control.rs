@@ -104,6 +104,8 @@ pub struct ControlClient {
     node_pub: keys::PublicKey,
     /// Derived from the coordinator's key once `GET /v1/info` answered.
     request_key: Mutex<Option<RequestKey>>,
+    /// The last `/v1/info` answer.
+    info: Mutex<Option<CoordInfo>>,
 }
 
 impl std::fmt::Debug for ControlClient {
@@ -127,6 +129,7 @@ impl ControlClient {
             node_key,
             node_pub,
             request_key: Mutex::new(None),
+            info: Mutex::new(None),
         })
     }
 
@@ -146,7 +149,16 @@ impl ControlClient {
             .request_key
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(key);
+        *self.info.lock().unwrap_or_else(PoisonError::into_inner) = Some(info.clone());
         Ok(info)
+    }
+
+    /// The coordinator's last `/v1/info` answer, if one was fetched.
+    pub fn coord_info(&self) -> Option<CoordInfo> {
+        self.info
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// `POST /v1/register`: registers this node, or refreshes a known one (`auth_key` may then be

@@ -28,6 +28,9 @@ pub struct CoordInfo {
     /// The coordinator's x25519 key: nodes sign requests for it.
     pub coord_key: PublicKey,
     pub domain: String,
+    /// The domain funnels are published under (`https://NAME.<funnel_domain>/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub funnel_domain: Option<String>,
 }
 
 /// Registration. The node's public key travels in the signature headers.

@@ -16,6 +16,7 @@ fn info_body() -> Vec<u8> {
         protocol_version: proto::PROTOCOL_VERSION,
         coord_key: PrivateKey::generate().public_key(),
         domain: "mesh.test".into(),
+        funnel_domain: None,
     };
     serde_json::to_vec(&info).unwrap()
 }

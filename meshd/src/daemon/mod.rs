@@ -81,6 +81,9 @@ pub struct Node {
     pub me: proto::Node,
     /// The latest netmap (or revocation), as the control loop publishes it.
     pub control: watch::Receiver<Option<ControlState>>,
+    /// What the coordinator said of itself at start (`None` when it was unreachable and the node
+    /// started from its saved netmap).
+    pub coord_info: Option<proto::api::CoordInfo>,
     /// Userspace mode: the TCP/IP stack that owns the mesh addresses.
     stack: Option<crate::userspace::Stack>,
     stop: watch::Sender<bool>,
@@ -211,6 +214,7 @@ pub async fn start(cfg: UpConfig) -> anyhow::Result<Node> {
         }
         Err(e) => return Err(e.into()),
     };
+    let coord_info = client.coord_info();
 
     let dev = if cfg.userspace {
         None
@@ -332,6 +336,7 @@ pub async fn start(cfg: UpConfig) -> anyhow::Result<Node> {
     Ok(Node {
         me,
         control: node_control,
+        coord_info,
         stack,
         stop: stop_tx,
         done,
