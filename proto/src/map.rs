@@ -67,6 +67,28 @@ pub struct FilterRule {
     pub ports: Vec<PortRange>,
 }
 
+const INGRESS_ONLY: PortRange = PortRange {
+    lo: FUNNEL_INGRESS_PORT,
+    hi: FUNNEL_INGRESS_PORT,
+};
+
+impl FilterRule {
+    /// The rule a node with a live funnel gets: `src` (the edges' tags) may reach TCP
+    /// [`FUNNEL_INGRESS_PORT`] and nothing else.
+    pub fn funnel_ingress(src: Vec<String>) -> Self {
+        Self {
+            src,
+            proto: Protocol::Tcp,
+            ports: vec![INGRESS_ONLY],
+        }
+    }
+
+    /// Whether this rule opens the funnel ingress port only ([`Self::funnel_ingress`]).
+    pub fn is_funnel_ingress(&self) -> bool {
+        self.proto == Protocol::Tcp && self.ports == [INGRESS_ONLY]
+    }
+}
+
 /// A published funnel: `https://<name>.<funnel domain>/` goes to `port` on `node`. Netmaps list
 /// routes ordered by name: an edge gets every live route, any other node its own.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]

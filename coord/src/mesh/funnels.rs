@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use proto::api::FunnelRequest;
-use proto::map::{FilterRule, FunnelRoute, FUNNEL_INGRESS_PORT};
-use proto::policy::{is_dns_label, Policy, PortRange, Protocol};
+use proto::map::{FilterRule, FunnelRoute};
+use proto::policy::{is_dns_label, Policy};
 use proto::{Node, NodeId};
 
 use super::Mesh;
@@ -83,14 +83,7 @@ pub(super) fn filter_for(
             .collect();
         src.sort();
         src.dedup();
-        let rule = FilterRule {
-            src,
-            proto: Protocol::Tcp,
-            ports: vec![PortRange {
-                lo: FUNNEL_INGRESS_PORT,
-                hi: FUNNEL_INGRESS_PORT,
-            }],
-        };
+        let rule = FilterRule::funnel_ingress(src);
         if !rule.src.is_empty() && !rules.contains(&rule) {
             rules.push(rule);
         }

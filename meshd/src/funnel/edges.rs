@@ -1,24 +1,20 @@
 //! Which peers are funnel edges, from the netmap: the coordinator opens the ingress port to the
-//! edges with one filter rule (TCP [`FUNNEL_INGRESS_PORT`] only, from the edges' tags); the peers
+//! edges with one filter rule (TCP [`proto::map::FUNNEL_INGRESS_PORT`] only, from the edges' tags); the peers
 //! those selectors match are the edges. The packet filter already admits only them to the port;
 //! the ingress checks again, since the default policy lets every member reach every port.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
 
-use proto::map::{Netmap, FUNNEL_INGRESS_PORT};
-use proto::policy::{PortRange, Protocol, Selector};
+use proto::map::Netmap;
+use proto::policy::Selector;
 
 /// The mesh addresses of the edges that may deliver funnel streams to this node.
 pub fn edge_addresses(map: &Netmap) -> HashSet<IpAddr> {
-    let only_ingress = [PortRange {
-        lo: FUNNEL_INGRESS_PORT,
-        hi: FUNNEL_INGRESS_PORT,
-    }];
     let selectors: Vec<Selector> = map
         .packet_filter
         .iter()
-        .filter(|r| r.proto == Protocol::Tcp && r.ports == only_ingress)
+        .filter(|r| r.is_funnel_ingress())
         .flat_map(|r| r.src.iter().filter_map(|s| s.parse::<Selector>().ok()))
         .collect();
     map.peers
@@ -32,7 +28,8 @@ pub fn edge_addresses(map: &Netmap) -> HashSet<IpAddr> {
 mod tests {
     use super::*;
     use crate::filter::tests::{node, rule};
-    use proto::map::{DnsConfig, Netmap};
+    use proto::map::{DnsConfig, Netmap, FUNNEL_INGRESS_PORT};
+    use proto::policy::Protocol;
 
     fn map(rules: Vec<proto::map::FilterRule>) -> Netmap {
         Netmap {
