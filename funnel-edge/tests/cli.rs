@@ -1,8 +1,11 @@
-//! The `funnel-edge` binary: `ca` prints the CA certificate clients trust; `run` is a stub.
+//! The `funnel-edge` binary: `ca` prints the CA certificate clients trust; `run` says what it
+//! needs on first use.
 
 #![allow(clippy::unwrap_used)]
 
 use std::process::Command;
+
+use testkit::stdout_of;
 
 fn edge() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_funnel-edge"));
@@ -15,17 +18,11 @@ fn edge() -> Command {
 fn ca_prints_the_pem_it_keeps() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("edge");
-    let out = edge()
-        .args(["ca", "--domain", "funnel.localhost", "--state-dir"])
-        .arg(&state)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let printed = stdout_of(
+        edge()
+            .args(["ca", "--domain", "funnel.localhost", "--state-dir"])
+            .arg(&state),
     );
-    let printed = String::from_utf8(out.stdout).unwrap();
     assert!(
         printed.starts_with("-----BEGIN CERTIFICATE-----"),
         "{printed}"
@@ -36,13 +33,8 @@ fn ca_prints_the_pem_it_keeps() {
     );
 
     // Same CA the second time, found through the environment this time.
-    let again = edge()
-        .arg("ca")
-        .env("FUNNEL_EDGE_STATE_DIR", &state)
-        .output()
-        .unwrap();
-    assert!(again.status.success());
-    assert_eq!(String::from_utf8(again.stdout).unwrap(), printed);
+    let again = stdout_of(edge().arg("ca").env("FUNNEL_EDGE_STATE_DIR", &state));
+    assert_eq!(again, printed);
 
     // Another domain with the same state dir is an error, not a silent new CA.
     let other = edge()

@@ -116,18 +116,7 @@ async fn an_admin_close_or_a_lower_max_ttl_ends_open_funnels() {
 async fn an_edge_for_another_domain_than_the_coordinators_refuses_to_start() {
     let edge = Edge::start_mesh().await;
     let mesh = edge.mesh.as_ref().unwrap();
-    let out = std::process::Command::new(testkit::binary("coord"))
-        .args(["--state-dir", mesh.coord_state.to_str().unwrap()])
-        .args(["authkey", "create", "--tag", "edge"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    // The key alone is on standard output.
-    let key = String::from_utf8(out.stdout).unwrap();
-    // Where the coordinator is, as the node saved it.
-    let id: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(mesh.node_state.join("node.json")).unwrap())
-            .unwrap();
+    let key = mesh.authkey(Some("edge"));
     let state = edge.dir.path().join("edge-other");
     let mut child = std::process::Command::new(testkit::binary("funnel-edge"))
         .args(["run", "--userspace", "--listen-port", "0"])
@@ -138,12 +127,9 @@ async fn an_edge_for_another_domain_than_the_coordinators_refuses_to_start() {
             "--https-listen",
             "127.0.0.1:0",
         ])
-        .args(["--coord", id["coord_url"].as_str().unwrap()])
-        .args([
-            "--coord-fingerprint",
-            id["coord_fingerprint"].as_str().unwrap(),
-        ])
-        .args(["--authkey", key.trim()])
+        .args(["--coord", &mesh.coord_url])
+        .args(["--coord-fingerprint", &mesh.coord_fingerprint])
+        .args(["--authkey", &key])
         .env("FUNNEL_EDGE_LOG", "error")
         .env("MESHD_LOG", "error")
         .stdout(std::process::Stdio::null())

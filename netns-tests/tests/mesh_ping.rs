@@ -4,23 +4,13 @@
 #![allow(clippy::unwrap_used)]
 
 mod mesh;
+mod meshx;
 
 use std::time::Duration;
 
 use mesh::{Coord, Node};
+use meshx::{lan, wait_ping};
 use netns_tests::{require_root, wait_until, Ipv4Net, Topology};
-
-/// Hosts named `names` on one bridge, at 203.0.113.10, .11, … in that order.
-fn hosts_on_lan(topo: &Topology, names: &[&str]) -> (Vec<netns_tests::Host>, netns_tests::Segment) {
-    let hosts: Vec<_> = names.iter().map(|h| topo.host(h).unwrap()).collect();
-    let members: Vec<(&netns_tests::Host, Ipv4Net, Option<netns_tests::Ipv6Net>)> = hosts
-        .iter()
-        .enumerate()
-        .map(|(i, h)| (h, format!("203.0.113.{}/24", 10 + i).parse().unwrap(), None))
-        .collect();
-    let lan = topo.bridge("lan", &members).unwrap();
-    (hosts, lan)
-}
 
 #[test]
 fn every_pair_of_nodes_pings_over_the_mesh() {
@@ -28,7 +18,7 @@ fn every_pair_of_nodes_pings_over_the_mesh() {
         return;
     }
     let topo = Topology::new().unwrap();
-    let (hosts, _lan) = hosts_on_lan(&topo, &["coord", "n1", "n2", "n3"]);
+    let (hosts, _lan) = lan(&topo, &["coord", "n1", "n2", "n3"]);
 
     let coord = Coord::start(&hosts[0], 8443);
     let key = coord.authkey(&[]);
@@ -45,26 +35,7 @@ fn every_pair_of_nodes_pings_over_the_mesh() {
             }
             for addr in [&to.ipv4, &to.ipv6] {
                 // The first packets wait for the netmap and the handshake: retry, bounded.
-                wait_until(
-                    &format!("n{} pings {addr}", i + 1),
-                    Duration::from_secs(15),
-                    || {
-                        let out = from.output(
-                            "ping",
-                            &["-c", "1", "-W", "1", addr],
-                            Duration::from_secs(5),
-                        )?;
-                        Ok(out.status.success())
-                    },
-                )
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "{e}\n--- n{} log ---\n{}\n--- target log ---\n{}",
-                        i + 1,
-                        nodes[i].process.stderr(),
-                        to.process.stderr()
-                    )
-                });
+                wait_ping(from, addr, 15, &[&nodes[i], to]);
             }
         }
     }
@@ -142,7 +113,7 @@ fn nodes_reach_each_other_over_an_ipv6_underlay() {
         return;
     }
     let topo = Topology::new().unwrap();
-    let (hosts, _ctl) = hosts_on_lan(&topo, &["coord", "n1", "n2"]);
+    let (hosts, _ctl) = lan(&topo, &["coord", "n1", "n2"]);
     let wan: Vec<(&netns_tests::Host, Ipv4Net, Option<netns_tests::Ipv6Net>)> = hosts[1..]
         .iter()
         .enumerate()
@@ -172,19 +143,7 @@ fn nodes_reach_each_other_over_an_ipv6_underlay() {
     let n2 = Node::up(&hosts[2], &coord, &key, "n2");
     for (from, to) in [(&hosts[1], &n2), (&hosts[2], &n1)] {
         for addr in [&to.ipv4, &to.ipv6] {
-            wait_until(
-                &format!("ping {addr} over the IPv6 underlay"),
-                Duration::from_secs(20),
-                || {
-                    let out = from.output(
-                        "ping",
-                        &["-c", "1", "-W", "1", addr],
-                        Duration::from_secs(5),
-                    )?;
-                    Ok(out.status.success())
-                },
-            )
-            .unwrap_or_else(|e| panic!("{e}\n--- n1 ---\n{}", n1.process.stderr()));
+            wait_ping(from, addr, 20, &[&n1, &n2]);
         }
     }
     wait_until(

@@ -177,6 +177,22 @@ pub fn run_command(cmd: &mut Command) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// Runs `cmd` to completion and returns its standard output.
+///
+/// # Panics
+/// If the command cannot be started or fails (the message has its standard error).
+pub fn stdout_of(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago (the OS picked it for a listener that is
 /// closed again). Another process may take it before the caller binds it: prefer letting the
 /// program under test bind `:0` and print its address, where it can.

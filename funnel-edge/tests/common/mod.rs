@@ -33,7 +33,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
-use testkit::{binary, run, spawn_lines, Proc};
+use testkit::{binary, run, spawn_lines, stdout_of, Proc};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tokio_rustls::client::TlsStream;
@@ -363,6 +363,18 @@ async fn start_ingress(svc_port: u16) -> u16 {
     port
 }
 
+/// A new reusable auth key from the coordinator in `coord_state`, tagged `tag`.
+fn authkey(coord_state: &std::path::Path, tag: Option<&str>) -> String {
+    let mut cmd = std::process::Command::new(binary("coord"));
+    cmd.arg("--state-dir")
+        .arg(coord_state)
+        .args(["authkey", "create", "--reusable"]);
+    if let Some(t) = tag {
+        cmd.args(["--tag", t]);
+    }
+    stdout_of(&mut cmd).trim().to_owned()
+}
+
 /// The local HTTP/1.1 service behind the funnel.
 async fn start_service(state: Arc<Service>) -> u16 {
     let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
@@ -477,6 +489,9 @@ const SPAWN_WITHIN: Duration = Duration::from_secs(60);
 /// The processes of [`Edge::start_mesh`].
 pub struct Mesh {
     pub coord_state: PathBuf,
+    /// Where the coordinator is and its certificate's fingerprint, as nodes are told.
+    pub coord_url: String,
+    pub coord_fingerprint: String,
     pub node_state: PathBuf,
     /// The local service's port (the funnel's).
     pub svc_port: u16,
@@ -521,29 +536,10 @@ impl Mesh {
             ],
         );
         assert!(ok, "{out}");
-        let key = |tag: Option<&str>| {
-            let mut args = vec![
-                "--state-dir",
-                cs.as_str(),
-                "authkey",
-                "create",
-                "--reusable",
-            ];
-            if let Some(t) = tag {
-                args.extend(["--tag", t]);
-            }
-            let out = std::process::Command::new(&coord)
-                .args(&args)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8(out.stdout).unwrap().trim().to_owned()
-        };
-        let (edge_key, node_key) = (key(Some("edge")), key(None));
+        let (edge_key, node_key) = (
+            authkey(&coord_state, Some("edge")),
+            authkey(&coord_state, None),
+        );
 
         let edge_state = dir.join("edge");
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_funnel-edge"));
@@ -621,6 +617,8 @@ impl Mesh {
         );
         Mesh {
             coord_state,
+            coord_url: url,
+            coord_fingerprint: fingerprint,
             node_state,
             svc_port,
             _children: vec![node_proc, edge_proc, coord_proc],
@@ -632,6 +630,11 @@ impl Mesh {
         let mut all = vec!["--state-dir", self.node_state.to_str().unwrap()];
         all.extend_from_slice(args);
         run(binary("meshd"), &all)
+    }
+
+    /// A new reusable auth key from the coordinator, tagged `tag`.
+    pub fn authkey(&self, tag: Option<&str>) -> String {
+        authkey(&self.coord_state, tag)
     }
 
     /// Runs `coord` with the coordinator's state dir (its admin socket).

@@ -98,18 +98,12 @@ impl Coord {
     /// Runs the coord CLI (the admin socket is a file: no network needed).
     pub fn cli(&self, args: &[&str]) -> String {
         let state = self.dir.path().join("coord");
-        let out = std::process::Command::new(binary("coord"))
-            .arg("--state-dir")
-            .arg(&state)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "coord {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        testkit::stdout_of(
+            std::process::Command::new(binary("coord"))
+                .arg("--state-dir")
+                .arg(&state)
+                .args(args),
+        )
     }
 
     pub fn authkey(&self, extra: &[&str]) -> String {

@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use testkit::{binary, run_command, spawn_lines, spawn_until, Proc};
+use testkit::{binary, run_command, spawn_lines, spawn_until, stdout_of, Proc};
 
 /// A running coordinator and a reusable auth key for it.
 pub struct Coord {
@@ -32,18 +32,13 @@ pub fn start_coord() -> Coord {
     );
     let (url, fingerprint) = (lines[0].clone(), lines[1].clone());
 
-    let out = Command::new(binary("coord"))
-        .arg("--state-dir")
-        .arg(dir.path())
-        .args(["authkey", "create", "--reusable", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = stdout_of(
+        Command::new(binary("coord"))
+            .arg("--state-dir")
+            .arg(dir.path())
+            .args(["authkey", "create", "--reusable", "--json"]),
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     Coord {
         _proc: proc,
         _dir: dir,
