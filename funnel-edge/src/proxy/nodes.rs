@@ -150,7 +150,7 @@ impl tower_service::Service<Uri> for Connector {
 
 /// Names the funnel and reads the node's one-line answer. Reads byte by byte, so nothing after
 /// the line is consumed: the rest of the stream is the HTTP connection.
-pub(crate) async fn handshake(mut s: Box<dyn Io>, name: &str) -> Result<Box<dyn Io>, NodeError> {
+async fn handshake(mut s: Box<dyn Io>, name: &str) -> Result<Box<dyn Io>, NodeError> {
     s.write_all(&wire::request(name)).await?;
     s.flush().await?;
     let mut line = Vec::with_capacity(16);

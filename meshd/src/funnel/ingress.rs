@@ -29,7 +29,7 @@ const RESPONSE_BUF: usize = 64 * 1024;
 #[derive(Clone)]
 pub struct Ingress {
     pub funnels: Arc<Mutex<FunnelTable>>,
-    /// Changes whenever `funnels` loses an entry (closed or expired).
+    /// Changes after every change of `funnels` (at least whenever one is closed or expires).
     pub changes: watch::Receiver<()>,
     /// Whether a mesh address belongs to an edge node in the current netmap.
     pub is_edge: Arc<dyn Fn(IpAddr) -> bool + Send + Sync>,
