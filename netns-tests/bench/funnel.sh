@@ -11,8 +11,12 @@
 #
 # Usage (as root, from anywhere in the repository):
 #   netns-tests/bench/funnel.sh [--duration S] [--connections N] [--firsts N] [--no-build]
-#                               [--edge-userspace] [--hold S] [--append-doc]
+#                               [--edge-userspace] [--edge-cpu F] [--hold S] [--append-doc]
 # --edge-userspace: the edge joins the mesh in userspace mode (no TUN device on the edge host).
+# --edge-cpu F: the edge host's processes (funnel-edge, and the direct nginx) get at most F CPUs
+# (a cgroup CPU quota), the other hosts are not limited: requests per second then measure what
+# the edge host can serve through the funnel against what it can serve itself, as when the
+# client, the edge and the node are machines of their own (F must leave the rest room, e.g. 0.4).
 # --hold S: after the first requests, keep the topology up for S seconds before measuring (to
 # attach a profiler or try requests by hand; the namespaces are named in the log).
 # Needs: wrk, nginx, openssl, curl (Debian: apt-get install wrk nginx-light openssl curl).
@@ -27,6 +31,7 @@ BUILD=1
 APPEND=0
 HOLD=0
 EDGE_MODE=()
+EDGE_CPU=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --duration) DURATION="$2"; shift 2 ;;
@@ -35,8 +40,9 @@ while [ $# -gt 0 ]; do
         --no-build) BUILD=0; shift ;;
         --hold) HOLD="$2"; shift 2 ;;
         --edge-userspace) EDGE_MODE=(--userspace); shift ;;
+        --edge-cpu) EDGE_CPU="$2"; shift 2 ;;
         --append-doc) APPEND=1; shift ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -62,6 +68,7 @@ cleanup() {
     for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
     for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
     for h in "${HOSTS[@]}" sw; do ip netns del "$TAG$h" 2>/dev/null || true; done
+    [ -z "$CG" ] || rmdir "$CG" 2>/dev/null || true
     rm -rf "/etc/netns/${TAG}client" "$WORK"
     exit $rc
 }
@@ -69,9 +76,30 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 in_ns() { local h="$1"; shift; ip netns exec "$TAG$h" "$@"; }
-spawn() {  # spawn HOST LOG CMD...
+# The edge host's CPU limit (--edge-cpu): a cgroup with a CFS quota (v1 cpu controller or v2).
+CG=""
+if [ -n "$EDGE_CPU" ]; then
+    quota=$(awk -v f="$EDGE_CPU" 'BEGIN { printf "%d", f * 100000 }')
+    [ "$quota" -ge 1000 ] || { echo "--edge-cpu $EDGE_CPU: too small" >&2; exit 2; }
+    if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+        CG="/sys/fs/cgroup/$TAG-edge"
+        mkdir "$CG"
+        echo "$quota 100000" >"$CG/cpu.max"
+    else
+        CG="/sys/fs/cgroup/cpu/$TAG-edge"
+        mkdir "$CG"
+        echo 100000 >"$CG/cpu.cfs_period_us"
+        echo "$quota" >"$CG/cpu.cfs_quota_us"
+    fi
+fi
+spawn() {  # spawn HOST LOG CMD...: processes of the edge host go into its cgroup, if any
     local h="$1" logf="$2"; shift 2
-    ip netns exec "$TAG$h" "$@" >"$logf" 2>&1 &
+    if [ "$h" = edge ] && [ -n "$CG" ]; then
+        ip netns exec "$TAG$h" sh -c 'echo $$ >"$0" && exec "$@"' "$CG/cgroup.procs" "$@" \
+            >"$logf" 2>&1 &
+    else
+        ip netns exec "$TAG$h" "$@" >"$logf" 2>&1 &
+    fi
     PIDS+=("$!")
 }
 await_line() {  # await_line FILE PREFIX: the rest of the first line starting with PREFIX
@@ -97,6 +125,10 @@ log "topology $TAG"
 ip netns add "${TAG}sw"
 in_ns sw ip link add br0 type bridge
 in_ns sw ip link set br0 up
+# The switch forwards frames and nothing else: no iptables for bridged traffic (where the host
+# has br_netfilter loaded, every frame would otherwise pass its firewall).
+in_ns sw sysctl -q -w net.bridge.bridge-nf-call-iptables=0 net.bridge.bridge-nf-call-ip6tables=0 \
+    net.bridge.bridge-nf-call-arptables=0 2>/dev/null || true
 i=0
 for h in "${HOSTS[@]}"; do
     i=$((i + 1))
@@ -296,7 +328,7 @@ commit=$(cd "$REPO" && git rev-parse --short HEAD)$(cd "$REPO" && git diff --qui
 report=$(cat <<REPORT
 ### Funnel: $(date -u +%Y-%m-%dT%H:%M:%SZ) @ $commit
 
-$(nproc) CPU, $(uname -r); load average at start $LOAD_START, at end $(cut -d' ' -f1-3 /proc/loadavg);
+$(nproc) CPU${EDGE_CPU:+ (edge host limited to $EDGE_CPU CPU)}, $(uname -r); load average at start $LOAD_START, at end $(cut -d' ' -f1-3 /proc/loadavg);
 wrk -t1 -d${DURATION}s, $CONNS connections for req/s and CPU, 1 for latency; nginx
 $(nginx -v 2>&1 | sed 's/.*nginx\///'), one worker each, on the node's 127.0.0.1 and (TLS, HTTP/2) on the edge host.
 Command: \`$ORIG_CMD\`

@@ -9,7 +9,9 @@
 //! wakes the thread that handles it, with no hand-over between threads, and the control plane's
 //! work (TLS, large netmaps) never delays a packet.
 
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -123,11 +125,17 @@ pub struct Wiring {
 
 /// Runs the data plane on its own thread until `shutdown` fires or the node is revoked; the
 /// device (and with it its addresses and routes) is closed before this returns.
+///
+/// `beside` runs on the same thread, as a task of its own that ends with the loop: the funnel
+/// ingress, whose connections are the next hop of the packets the loop writes to the device. On
+/// one thread, a request through the node wakes no other thread of meshd on its way (a wake-up
+/// across threads costs more than the rest of a small request's work here).
 pub async fn spawn(
     dev: tun_rs::SyncDevice,
     udp: Bound,
     peers: Peers,
     wiring: Wiring,
+    beside: Pin<Box<dyn Future<Output = ()> + Send>>,
 ) -> io::Result<()> {
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
@@ -138,6 +146,7 @@ pub async fn spawn(
                 .build()
                 .and_then(|rt| {
                     rt.block_on(async move {
+                        tokio::spawn(beside);
                         let dev = Arc::new(AsyncDevice::new(dev)?);
                         let udp = Arc::new(udp.into_udp()?);
                         run(dev, udp, peers, wiring).await

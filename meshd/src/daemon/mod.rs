@@ -8,7 +8,7 @@ pub mod api;
 pub mod control_loop;
 pub mod dataplane;
 mod funnels;
-mod outbox;
+pub(crate) mod outbox;
 pub mod ping;
 pub mod state;
 pub mod udp;
@@ -291,10 +291,15 @@ pub async fn start(cfg: UpConfig) -> anyhow::Result<Node> {
     let (run, stack): (BoxFuture<std::io::Result<()>>, _) = match (dev, socks) {
         (Some(dev), _) => {
             let addrs = [wiring.me.ipv4.into(), wiring.me.ipv6.into()];
-            if let Err(e) = funnels::serve_kernel(ingress, addrs).await {
-                warn!("funnel ingress on the mesh addresses: {e}");
-            }
-            (Box::pin(dataplane::spawn(dev, udp, peers, wiring)), None)
+            let ingress = Box::pin(async move {
+                if let Err(e) = funnels::serve_kernel(ingress, addrs).await {
+                    warn!("funnel ingress on the mesh addresses: {e}");
+                }
+            });
+            (
+                Box::pin(dataplane::spawn(dev, udp, peers, wiring, ingress)),
+                None,
+            )
         }
         (None, socks) => {
             let (core, stack) = crate::userspace::StackCore::new(

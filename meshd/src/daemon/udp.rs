@@ -149,14 +149,6 @@ impl Udp {
         }
     }
 
-    /// Sends one datagram without waiting (for the userspace driver and rare control packets).
-    pub fn try_send_to(&self, datagram: &[u8], to: SocketAddr) -> io::Result<()> {
-        let to = self
-            .wire_addr(to)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::Unsupported, "no IPv6 on this host"))?;
-        self.sock.try_send_to(datagram, to).map(|_| ())
-    }
-
     pub async fn readable(&self) -> io::Result<()> {
         self.sock.readable().await
     }
@@ -291,7 +283,9 @@ mod tests {
         seen.sort();
         assert_eq!(seen[0], (v4.local_addr().unwrap(), b"four".to_vec()));
         assert_eq!(seen[1], (v6.local_addr().unwrap(), b"six".to_vec()));
-        a.try_send_to(b"back", v4.local_addr().unwrap()).unwrap();
+        let mut out = Outbox::default();
+        out.push(v4.local_addr().unwrap(), b"back");
+        assert_eq!(a.send_all(&mut out).await, 0);
         let mut buf = [0u8; 64];
         let (n, from) = v4.recv_from(&mut buf).unwrap();
         assert_eq!((&buf[..n], from.port()), (&b"back"[..], port));

@@ -25,6 +25,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
+use crate::daemon::outbox::Outbox;
 use crate::daemon::udp::{RecvBufs, Udp};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -41,20 +42,18 @@ pub use stack::StackCore;
 const RECV_ROUNDS: usize = 8;
 const TICK: Duration = Duration::from_millis(100);
 
-/// The core's output: datagrams to the UDP socket, packets into the stack's device.
+/// The core's output: datagrams for the UDP socket (sent in batches after each round, as in TUN
+/// mode), packets into the stack's device.
 struct StackSink<'a> {
-    udp: &'a Udp,
+    outbox: &'a mut Outbox,
     device: &'a mut QueueDevice,
     /// `meshd ping`'s replies are taken out here, before the stack sees them.
     pings: &'a mut Pings,
-    dropped: u64,
 }
 
 impl Sink for StackSink<'_> {
     fn send_udp(&mut self, to: SocketAddr, datagram: &[u8]) {
-        if self.udp.try_send_to(datagram, to).is_err() {
-            self.dropped += 1;
-        }
+        self.outbox.push(to, datagram);
     }
 
     fn deliver(&mut self, packet: &[u8]) {
@@ -83,6 +82,7 @@ pub async fn run(
     let mut pings = Pings::default();
     let wake = core.waker();
     let mut urecv = RecvBufs::default();
+    let mut outbox = Outbox::default();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let initial = control.borrow_and_update().clone();
@@ -92,7 +92,11 @@ pub async fn run(
     loop {
         let now = Instant::now();
         core.poll(now);
-        flush(&mut core, &mut peers, &udp, &mut pings, now);
+        flush(&mut core, &mut peers, &mut outbox, &mut pings, now);
+        if !outbox.is_empty() {
+            // What is not sent is lost, as a full link would lose it; TCP sends it again.
+            udp.send_all(&mut outbox).await;
+        }
         let delay = if core.device.rx.is_empty() {
             core.poll_delay(Instant::now())
                 .map_or(TICK, |d| d.min(TICK))
@@ -109,7 +113,7 @@ pub async fn run(
                 };
                 if let Some(pkt) = pkt {
                     let mut sink = StackSink {
-                        udp: &udp, device: &mut core.device, pings: &mut pings, dropped: 0,
+                        outbox: &mut outbox, device: &mut core.device, pings: &mut pings,
                     };
                     peers.handle_outbound(&pkt, now, &mut sink);
                 }
@@ -118,7 +122,7 @@ pub async fn run(
                 r?;
                 let now = Instant::now();
                 let mut sink = StackSink {
-                    udp: &udp, device: &mut core.device, pings: &mut pings, dropped: 0,
+                    outbox: &mut outbox, device: &mut core.device, pings: &mut pings,
                 };
                 // Batched reads: the socket has receive offload on, so one buffer may hold
                 // several datagrams (a sender's segmentation offload), split here by their size.
@@ -138,7 +142,7 @@ pub async fn run(
             _ = tokio::time::sleep(delay) => {}
             _ = tick.tick() => {
                 let mut sink = StackSink {
-                    udp: &udp, device: &mut core.device, pings: &mut pings, dropped: 0,
+                    outbox: &mut outbox, device: &mut core.device, pings: &mut pings,
                 };
                 let now = Instant::now();
                 peers.tick(now, &mut sink);
@@ -154,7 +158,7 @@ pub async fn run(
                     Some(ControlState::Netmap(map)) => {
                         apply_netmap(&mut peers, &map);
                         let mut sink = StackSink {
-                            udp: &udp, device: &mut core.device, pings: &mut pings, dropped: 0,
+                            outbox: &mut outbox, device: &mut core.device, pings: &mut pings,
                         };
                         peers.replay_pending(Instant::now(), &mut sink);
                     }
@@ -168,13 +172,18 @@ pub async fn run(
 }
 
 /// Hands the stack's outgoing packets to the WireGuard core.
-fn flush(core: &mut StackCore, peers: &mut Peers, udp: &Udp, pings: &mut Pings, now: Instant) {
+fn flush(
+    core: &mut StackCore,
+    peers: &mut Peers,
+    outbox: &mut Outbox,
+    pings: &mut Pings,
+    now: Instant,
+) {
     let out = std::mem::take(&mut core.device.tx);
     let mut sink = StackSink {
-        udp,
+        outbox,
         device: &mut core.device,
         pings,
-        dropped: 0,
     };
     for p in &out {
         peers.handle_outbound(p, now, &mut sink);

@@ -157,8 +157,9 @@ impl StackCore {
             tcp::SocketBuffer::new(vec![0; SOCKET_BUFFER]),
             tcp::SocketBuffer::new(vec![0; SOCKET_BUFFER]),
         );
-        // Delayed ACKs only slow a stack that talks to itself over a fast tunnel.
-        s.set_ack_delay(None);
+        // Delayed ACKs (smoltcp's default 10 ms; a full segment of new data is acknowledged at
+        // once): in request/response traffic the acknowledgement of an answer rides on the next
+        // request instead of costing a datagram of its own each way through the tunnel.
         s.set_nagle_enabled(false);
         // Without congestion control smoltcp sends its whole window at once; a burst that
         // overflows a UDP socket buffer on the way then costs a 1 s retransmission timeout.
