@@ -117,7 +117,7 @@ if [ "$BUILD" = 1 ]; then
     log "building release coord, meshd, funnel-edge"
     (cd "$REPO" && cargo build --release -q -p coord -p meshd -p funnel-edge)
 fi
-BIN="$REPO/target/release"
+BIN="${MESHFUNNEL_BIN:-$REPO/target/release}"  # another build, for an A/B run
 
 # ------------------------------------------------------------- topology ----
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)

@@ -5,10 +5,14 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Buf as _, Bytes};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_util::sync::PollSender;
 
 /// Listening sockets kept per port, so concurrent SYNs are not refused; also how many accepted
 /// connections may wait for the listener.
@@ -154,6 +158,100 @@ impl ConnWriter {
 }
 
 impl Drop for ConnWriter {
+    fn drop(&mut self) {
+        self.wake.notify_one();
+    }
+}
+
+/// A [`Connection`] as an ordinary byte stream, for code written against `AsyncRead` and
+/// `AsyncWrite` (the edge's HTTP client, the funnel ingress). Reads take the chunks the driver
+/// queued and writes queue chunks for it, each waking it, with no task or buffer in between;
+/// shutting down the write half sends FIN, dropping the stream closes both halves.
+#[derive(Debug)]
+pub struct ConnStream {
+    reader: ConnReader,
+    /// What is left of the chunk read last.
+    unread: Bytes,
+    tx: PollSender<ToStack>,
+    wake: Arc<Notify>,
+}
+
+impl From<Connection> for ConnStream {
+    fn from(conn: Connection) -> Self {
+        let wake = conn.writer.wake.clone();
+        let tx = PollSender::new(conn.writer.tx.clone());
+        // The stream's sender keeps the write half open; `conn.writer` itself goes.
+        drop(conn.writer);
+        Self {
+            reader: conn.reader,
+            unread: Bytes::new(),
+            tx,
+            wake,
+        }
+    }
+}
+
+fn peer_closed() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "connection closed by the peer")
+}
+
+impl AsyncRead for ConnStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.unread.is_empty() {
+            let next = ready!(this.reader.rx.poll_recv(cx));
+            // Room in the channel: the driver may read more from the socket.
+            this.wake.notify_one();
+            match next {
+                Some(Ok(chunk)) => this.unread = chunk,
+                Some(Err(e)) => return Poll::Ready(Err(e)),
+                None => return Poll::Ready(Ok(())), // end of stream
+            }
+        }
+        let n = this.unread.len().min(buf.remaining());
+        buf.put_slice(&this.unread[..n]);
+        this.unread.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for ConnStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let this = &mut *self;
+        ready!(this.tx.poll_reserve(cx)).map_err(|_| peer_closed())?;
+        let n = buf.len().min(super::stack::CHUNK);
+        this.tx
+            .send_item(ToStack::Data(Bytes::copy_from_slice(&buf[..n])))
+            .map_err(|_| peer_closed())?;
+        this.wake.notify_one();
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Every write is already queued for the driver.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Closing the channel is the FIN, once everything queued has been sent.
+        self.tx.close();
+        self.wake.notify_one();
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for ConnStream {
     fn drop(&mut self) {
         self.wake.notify_one();
     }

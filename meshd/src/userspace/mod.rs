@@ -35,7 +35,7 @@ use crate::daemon::dataplane::{apply_netmap, snapshot, Wiring};
 use crate::daemon::ping::Pings;
 use crate::wg::{Peers, Sink};
 use device::QueueDevice;
-pub use handle::{ConnReader, ConnWriter, Connection, Listener, Stack};
+pub use handle::{ConnReader, ConnStream, ConnWriter, Connection, Listener, Stack};
 pub use stack::StackCore;
 
 /// Batched socket reads per wake-up before the loop looks at its other sources.
@@ -226,13 +226,9 @@ pub async fn splice(conn: Connection, mut tcp: TcpStream, early: Vec<u8>) -> io:
 }
 
 /// A mesh connection as an ordinary byte stream (for code written against `AsyncRead` and
-/// `AsyncWrite`, such as an HTTP client or the funnel ingress). A task copies between the two.
-pub fn into_io(conn: Connection) -> tokio::io::DuplexStream {
-    let (ours, mut theirs) = tokio::io::duplex(4 * stack::CHUNK);
-    tokio::spawn(async move {
-        let _ = pump(conn, &mut theirs, vec![]).await;
-    });
-    ours
+/// `AsyncWrite`, such as an HTTP client or the funnel ingress).
+pub fn into_io(conn: Connection) -> ConnStream {
+    conn.into()
 }
 
 /// The two directions of [`splice`]: (local → mesh, mesh → local).

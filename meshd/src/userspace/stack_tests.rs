@@ -7,17 +7,30 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::*;
+use crate::userspace::handle::ConnStream;
 
 pub(crate) const A: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
 pub(crate) const B: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
 
 /// Starts two stacks joined by a lossless link; the link runs until the test ends.
 pub(crate) fn pair() -> (Stack, Stack) {
+    let (sa, sb, _) = counted_pair();
+    (sa, sb)
+}
+
+/// Packets that crossed the link of a [`counted_pair`]: (A to B, B to A).
+type Crossed = Arc<std::sync::Mutex<(usize, usize)>>;
+
+/// [`pair`], counting the packets that cross the link each way.
+fn counted_pair() -> (Stack, Stack, Crossed) {
     let now = Instant::now();
     let (mut a, sa) = StackCore::new(A, "fd00::1".parse().unwrap(), 1420, now);
     let (mut b, sb) = StackCore::new(B, "fd00::2".parse().unwrap(), 1420, now);
+    let crossed = Crossed::default();
+    let counts = crossed.clone();
     tokio::spawn(async move {
         let (wa, wb) = (a.waker(), b.waker());
         loop {
@@ -25,6 +38,11 @@ pub(crate) fn pair() -> (Stack, Stack) {
             a.poll(now);
             b.poll(now);
             let moved = !a.device.tx.is_empty() || !b.device.tx.is_empty();
+            {
+                let mut c = counts.lock().unwrap();
+                c.0 += a.device.tx.len();
+                c.1 += b.device.tx.len();
+            }
             while let Some(p) = a.device.tx.pop_front() {
                 b.device.push_rx(&p);
             }
@@ -32,15 +50,28 @@ pub(crate) fn pair() -> (Stack, Stack) {
                 a.device.push_rx(&p);
             }
             if !moved {
+                let delay = [a.poll_delay(now), b.poll_delay(now)]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .unwrap_or(Duration::from_millis(5))
+                    .min(Duration::from_millis(5));
                 tokio::select! {
                     _ = wa.notified() => {}
                     _ = wb.notified() => {}
-                    _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+                    _ = tokio::time::sleep(delay) => {}
                 }
             }
         }
     });
-    (sa, sb)
+    (sa, sb, crossed)
+}
+
+/// A connection from `sa` to port `port` of `sb`, as two byte streams (client, server).
+async fn streams(sa: &Stack, sb: &Stack, port: u16) -> (ConnStream, ConnStream) {
+    let mut l = sb.listen(port).await.unwrap();
+    let (client, server) = tokio::join!(sa.connect((B, port).into()), l.accept());
+    (client.unwrap().into(), server.unwrap().into())
 }
 
 async fn read_all(r: &mut ConnReader) -> io::Result<Vec<u8>> {
@@ -161,6 +192,84 @@ async fn ipv6_works() {
         assert_eq!(read_all(&mut client.reader).await.unwrap(), b"v6");
         drop(client.writer);
         assert_eq!(read_all(&mut server.reader).await.unwrap(), b"");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_answer_is_acknowledged_by_the_next_request_not_a_packet_of_its_own() {
+    bounded(async {
+        let (sa, sb, crossed) = counted_pair();
+        let (mut client, mut server) = streams(&sa, &sb, 8080).await;
+        let before = *crossed.lock().unwrap();
+        const ROUNDS: usize = 50;
+        let mut buf = [0u8; 64];
+        for _ in 0..ROUNDS {
+            client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+            let n = server.read(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], b"GET / HTTP/1.1\r\n\r\n");
+            server.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+            let n = client.read(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], b"HTTP/1.1 200 OK\r\n\r\n");
+        }
+        let after = *crossed.lock().unwrap();
+        // One packet per message each way; an ACK of its own for every message (no delayed
+        // ACKs) would double that. A few spare for timers that fire on a slow machine.
+        let (to_b, to_a) = (after.0 - before.0, after.1 - before.1);
+        assert!(to_b <= ROUNDS + 5, "{to_b} packets for {ROUNDS} requests");
+        assert!(to_a <= ROUNDS + 5, "{to_a} packets for {ROUNDS} answers");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_connection_as_a_byte_stream() {
+    bounded(async {
+        let (sa, sb) = pair();
+        let (mut client, mut server) = streams(&sa, &sb, 7000).await;
+
+        // Larger than the channels and the socket buffers: writes wait for the reader.
+        let data: Vec<u8> = (0..2_000_000u32).map(|i| (i * 13 % 253) as u8).collect();
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&sent).await.unwrap();
+            client.shutdown().await.unwrap(); // FIN; the read half stays open
+            let mut back = vec![];
+            client.read_to_end(&mut back).await.unwrap();
+            back
+        });
+        let mut got = vec![];
+        server.read_to_end(&mut got).await.unwrap();
+        assert!(got == data, "{} of {} bytes", got.len(), data.len());
+        server.write_all(b"done").await.unwrap();
+        drop(server); // FIN the other way
+        assert_eq!(writer.await.unwrap(), b"done");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_reset_reaches_a_byte_stream_reader_as_an_error() {
+    bounded(async {
+        let (sa, sb) = pair();
+        let mut l = sb.listen(7001).await.unwrap();
+        let (client, server) = tokio::join!(sa.connect((B, 7001).into()), l.accept());
+        let mut client = ConnStream::from(client.unwrap());
+        server.unwrap().writer.reset().await;
+        let mut buf = vec![];
+        let e = client.read_to_end(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionReset);
+        // Writing to a reset connection fails instead of waiting.
+        let e = async {
+            for _ in 0..100 {
+                client.write_all(b"x").await?;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Ok::<_, io::Error>(())
+        }
+        .await
+        .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
     })
     .await;
 }
