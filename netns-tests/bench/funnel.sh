@@ -95,7 +95,8 @@ fi
 spawn() {  # spawn HOST LOG CMD...: processes of the edge host go into its cgroup, if any
     local h="$1" logf="$2"; shift 2
     if [ "$h" = edge ] && [ -n "$CG" ]; then
-        ip netns exec "$TAG$h" sh -c 'echo $$ >"$0" && exec "$@"' "$CG/cgroup.procs" "$@" \
+        # Joined before entering the namespace (`ip netns exec` mounts a sysfs of its own).
+        sh -c 'echo $$ >"$0" && exec "$@"' "$CG/cgroup.procs" ip netns exec "$TAG$h" "$@" \
             >"$logf" 2>&1 &
     else
         ip netns exec "$TAG$h" "$@" >"$logf" 2>&1 &
