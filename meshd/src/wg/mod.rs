@@ -21,6 +21,7 @@ mod peer;
 mod pending;
 #[cfg(test)]
 mod tests;
+mod unrouted;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -37,6 +38,7 @@ use tracing::{debug, info, trace};
 use peer::Peer;
 pub use peer::PeerStats;
 use pending::PendingInits;
+use unrouted::Unrouted;
 
 use crate::filter::{PacketFilter, Verdict};
 use crate::packet;
@@ -89,6 +91,8 @@ pub struct Peers {
     drops: Drops,
     /// Initiations from keys not in the netmap yet, answered if it soon adds them.
     pending: PendingInits,
+    /// Packets to addresses no peer owns yet (see `unrouted`).
+    unrouted: Unrouted,
     buf: Vec<u8>,
 }
 
@@ -132,6 +136,7 @@ impl Peers {
             last_limiter_reset: None,
             drops: Drops::default(),
             pending: PendingInits::default(),
+            unrouted: Unrouted::default(),
             buf: vec![0; BUF],
         }
     }
@@ -167,7 +172,8 @@ impl Peers {
 
     /// Makes the peer set equal `nodes`, touching only what changed: an unchanged peer keeps its
     /// session, so its flows never stall. Returns (added, changed, removed) counts. Call
-    /// [`Peers::replay_pending`] right after, to answer initiations that came before the netmap.
+    /// [`Peers::replay_pending`] right after, to answer initiations that came before the netmap
+    /// and send packets that were waiting for it.
     pub fn set_peers(&mut self, nodes: &[Node]) -> (usize, usize, usize) {
         let wanted: HashMap<PublicKey, &Node> = nodes.iter().map(|n| (n.public_key, n)).collect();
         let gone: Vec<u32> = self
@@ -234,8 +240,9 @@ impl Peers {
             return;
         };
         let Some(idx) = self.routes.lookup(info.dst) else {
-            self.drops.no_route += 1;
-            trace!(dst = %info.dst, "no peer owns this destination");
+            // Kept a moment: the netmap may be about to list the destination's owner.
+            trace!(dst = %info.dst, "no peer owns this destination (yet)");
+            self.drops.no_route += self.unrouted.hold(pkt, now);
             return;
         };
         self.filter.outbound(&info, now);
@@ -280,10 +287,12 @@ impl Peers {
         }
     }
 
-    /// Handles the kept initiations whose keys are peers now (see [`Peers::set_peers`]) as if
-    /// they had just arrived from where they came from, so the handshake responses go out. Call
+    /// Sends the kept packets from the host whose destinations peers own now, and handles the
+    /// kept initiations whose keys are peers now (see [`Peers::set_peers`]) as if they had just
+    /// arrived from where they came from, so the handshake responses go out. Call
     /// right after `set_peers`; `tick` calls it too.
     pub fn replay_pending(&mut self, now: Instant, sink: &mut impl Sink) {
+        self.replay_unrouted(now, sink);
         if self.pending.is_empty() {
             return;
         }
@@ -292,6 +301,22 @@ impl Peers {
         for p in due {
             debug!(from = %p.from, "answering an initiation that came before the netmap");
             self.handle_datagram(p.from, &p.datagram, now, sink);
+        }
+    }
+
+    /// Sends the kept packets whose destination a peer now owns; keeps the others as they were.
+    fn replay_unrouted(&mut self, now: Instant, sink: &mut impl Sink) {
+        if self.unrouted.is_empty() {
+            return;
+        }
+        self.drops.no_route += self.unrouted.expire(now);
+        for (at, pkt) in self.unrouted.take() {
+            let routed = packet::parse(&pkt).is_ok_and(|i| self.routes.lookup(i.dst).is_some());
+            if routed {
+                self.handle_outbound(&pkt, now, sink);
+            } else {
+                self.drops.no_route += self.unrouted.hold(&pkt, at);
+            }
         }
     }
 
@@ -446,5 +471,6 @@ impl Peers {
         // A driver that forgot `replay_pending` after `set_peers` still answers within a tick.
         self.replay_pending(now, sink);
         self.pending.expire(now);
+        self.drops.no_route += self.unrouted.expire(now);
     }
 }

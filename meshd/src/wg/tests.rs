@@ -266,7 +266,32 @@ fn netmap_changes_leave_unchanged_sessions_alone() {
     let p3 = build::udp_v4(a.node.ipv4, b.node.ipv4, 1, 2, b"3");
     a.peers.handle_outbound(&p3, now, &mut a.out);
     assert!(a.out.sent.is_empty());
+    // Kept a moment in case the netmap brings B back, then dropped and counted.
+    assert_eq!(a.peers.drops().no_route, 0);
+    a.peers.tick(now + Duration::from_secs(1), &mut a.out);
+    assert!(a.out.sent.is_empty());
     assert_eq!(a.peers.drops().no_route, 1);
+}
+
+#[test]
+fn a_packet_sent_just_before_the_netmap_lists_its_peer_goes_when_it_does() {
+    // A program on A learned of B (say, the funnel edge's routes) a moment before A's core did.
+    let (mut a, mut b) = pair();
+    let others: Vec<Node> = vec![];
+    a.peers.set_peers(&others);
+    let now = Instant::now();
+    let syn = build::udp_v4(a.node.ipv4, b.node.ipv4, 40000, 41642, b"first");
+    a.peers.handle_outbound(&syn, now, &mut a.out);
+    assert!(a.out.sent.is_empty(), "nowhere to send it yet");
+    assert_eq!(a.peers.drops().no_route, 0, "kept, not dropped");
+
+    a.peers.set_peers(std::slice::from_ref(&b.node));
+    a.peers
+        .replay_pending(now + Duration::from_millis(5), &mut a.out);
+    assert_eq!(a.out.sent.len(), 1, "the handshake for it goes out at once");
+    pump(&mut [&mut a, &mut b], now + Duration::from_millis(5));
+    assert_eq!(b.out.delivered, vec![syn], "and the packet after it");
+    assert_eq!(a.peers.drops().no_route, 0);
 }
 
 /// A handshake initiation to `to` from a node with key `key`, as it would go on the wire.
