@@ -11,7 +11,6 @@
 
 use std::future::Future;
 use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -123,40 +122,45 @@ pub struct Wiring {
     pub pings: mpsc::Receiver<PingRequest>,
 }
 
-/// Runs the data plane on its own thread until `shutdown` fires or the node is revoked; the
-/// device (and with it its addresses and routes) is closed before this returns.
+/// Starts the data plane on a thread of its own, where it runs until `shutdown` fires or the
+/// node is revoked; the future resolves then, after the device (and with it its addresses and
+/// routes) is closed.
 ///
-/// `beside` runs on the same thread, as a task of its own that ends with the loop: the funnel
-/// ingress, whose connections are the next hop of the packets the loop writes to the device. On
-/// one thread, a request through the node wakes no other thread of meshd on its way (a wake-up
-/// across threads costs more than the rest of a small request's work here).
-pub async fn spawn(
+/// The handle spawns onto that thread's runtime, for work that belongs beside the loop: the
+/// funnel ingress, whose connections are the next hop of the packets the loop writes to the
+/// device. On one thread, a request through the node wakes no other thread of meshd on its way.
+/// Such tasks end with the loop. (The edge's HTTPS proxy does not belong there: moved onto this
+/// thread it cost more CPU per request, not less; docs/BENCHMARKS.md has the runs.)
+pub fn spawn(
     dev: tun_rs::SyncDevice,
     udp: Bound,
     peers: Peers,
     wiring: Wiring,
-    beside: Pin<Box<dyn Future<Output = ()> + Send>>,
-) -> io::Result<()> {
+) -> io::Result<(
+    tokio::runtime::Handle,
+    impl Future<Output = io::Result<()>> + Send + 'static,
+)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let handle = rt.handle().clone();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("meshd-dataplane".into())
         .spawn(move || {
-            let result = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .and_then(|rt| {
-                    rt.block_on(async move {
-                        tokio::spawn(beside);
-                        let dev = Arc::new(AsyncDevice::new(dev)?);
-                        let udp = Arc::new(udp.into_udp()?);
-                        run(dev, udp, peers, wiring).await
-                    })
-                });
+            let result = rt.block_on(async move {
+                let dev = Arc::new(AsyncDevice::new(dev)?);
+                let udp = Arc::new(udp.into_udp()?);
+                run(dev, udp, peers, wiring).await
+            });
             let _ = done_tx.send(result);
         })?;
-    done_rx
-        .await
-        .unwrap_or_else(|_| Err(io::Error::other("the data-plane thread panicked")))
+    let done = async move {
+        done_rx
+            .await
+            .unwrap_or_else(|_| Err(io::Error::other("the data-plane thread panicked")))
+    };
+    Ok((handle, done))
 }
 
 /// Runs until `shutdown` fires or the node is revoked.

@@ -291,15 +291,14 @@ pub async fn start(cfg: UpConfig) -> anyhow::Result<Node> {
     let (run, stack): (BoxFuture<std::io::Result<()>>, _) = match (dev, socks) {
         (Some(dev), _) => {
             let addrs = [wiring.me.ipv4.into(), wiring.me.ipv6.into()];
-            let ingress = Box::pin(async move {
+            let (rt, done) = dataplane::spawn(dev, udp, peers, wiring)?;
+            // The ingress's sockets are served on the data-plane thread (see `spawn`).
+            rt.spawn(async move {
                 if let Err(e) = funnels::serve_kernel(ingress, addrs).await {
                     warn!("funnel ingress on the mesh addresses: {e}");
                 }
             });
-            (
-                Box::pin(dataplane::spawn(dev, udp, peers, wiring, ingress)),
-                None,
-            )
+            (Box::pin(done), None)
         }
         (None, socks) => {
             let (core, stack) = crate::userspace::StackCore::new(
