@@ -148,7 +148,7 @@ impl ConnWriter {
         }
         let r = self.tx.send(ToStack::Data(data)).await;
         self.wake.notify_one();
-        r.map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "connection closed by the peer"))
+        r.map_err(|_| peer_closed())
     }
 
     /// Aborts the connection (RST), discarding anything not yet sent.
@@ -169,24 +169,22 @@ impl Drop for ConnWriter {
 /// shutting down the write half sends FIN, dropping the stream closes both halves.
 #[derive(Debug)]
 pub struct ConnStream {
+    // Fields drop in order: the write half closes before the reader's drop wakes the driver.
+    tx: PollSender<ToStack>,
     reader: ConnReader,
     /// What is left of the chunk read last.
     unread: Bytes,
-    tx: PollSender<ToStack>,
-    wake: Arc<Notify>,
 }
 
 impl From<Connection> for ConnStream {
     fn from(conn: Connection) -> Self {
-        let wake = conn.writer.wake.clone();
         let tx = PollSender::new(conn.writer.tx.clone());
         // The stream's sender keeps the write half open; `conn.writer` itself goes.
         drop(conn.writer);
         Self {
+            tx,
             reader: conn.reader,
             unread: Bytes::new(),
-            tx,
-            wake,
         }
     }
 }
@@ -205,7 +203,7 @@ impl AsyncRead for ConnStream {
         if this.unread.is_empty() {
             let next = ready!(this.reader.rx.poll_recv(cx));
             // Room in the channel: the driver may read more from the socket.
-            this.wake.notify_one();
+            this.reader.wake.notify_one();
             match next {
                 Some(Ok(chunk)) => this.unread = chunk,
                 Some(Err(e)) => return Poll::Ready(Err(e)),
@@ -234,7 +232,7 @@ impl AsyncWrite for ConnStream {
         this.tx
             .send_item(ToStack::Data(Bytes::copy_from_slice(&buf[..n])))
             .map_err(|_| peer_closed())?;
-        this.wake.notify_one();
+        this.reader.wake.notify_one();
         Poll::Ready(Ok(n))
     }
 
@@ -246,13 +244,7 @@ impl AsyncWrite for ConnStream {
     fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         // Closing the channel is the FIN, once everything queued has been sent.
         self.tx.close();
-        self.wake.notify_one();
+        self.reader.wake.notify_one();
         Poll::Ready(Ok(()))
-    }
-}
-
-impl Drop for ConnStream {
-    fn drop(&mut self) {
-        self.wake.notify_one();
     }
 }
