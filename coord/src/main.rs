@@ -247,12 +247,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let AdminResponse::Nodes { nodes } = admin(&dir, AdminRequest::NodesList)? else {
                 bail!("unexpected answer from coord");
             };
-            if json {
-                println!("{}", serde_json::to_string_pretty(&nodes)?);
-            } else {
-                print_nodes(&nodes);
-            }
-            Ok(())
+            show(&nodes, json, print_nodes)
         }
         Cmd::Nodes(NodesCmd::Remove { node }) => {
             done(admin(&dir, AdminRequest::NodesRemove { node })?)
@@ -294,12 +289,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let AdminResponse::Funnels { funnels } = admin(&dir, AdminRequest::FunnelsList)? else {
                 bail!("unexpected answer from coord");
             };
-            if json {
-                println!("{}", serde_json::to_string_pretty(&funnels)?);
-            } else {
-                print_funnels(&funnels);
-            }
-            Ok(())
+            show(&funnels, json, print_funnels)
         }
         Cmd::Funnels(FunnelsCmd::Close { name }) => {
             done(admin(&dir, AdminRequest::FunnelsClose { name })?)
@@ -329,6 +319,16 @@ fn admin(dir: &std::path::Path, req: AdminRequest) -> anyhow::Result<AdminRespon
         AdminResponse::Error { message } => bail!("{message}"),
         other => Ok(other),
     }
+}
+
+/// A listing: as JSON with `--json`, else as the table `table` prints.
+fn show<T: serde::Serialize>(items: &[T], json: bool, table: fn(&[T])) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(items)?);
+    } else {
+        table(items);
+    }
+    Ok(())
 }
 
 fn done(resp: AdminResponse) -> anyhow::Result<()> {
