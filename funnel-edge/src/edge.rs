@@ -60,7 +60,8 @@ pub async fn run(cfg: EdgeConfig, mut stop: watch::Receiver<bool>) -> anyhow::Re
             node.stop();
             let _ = node.wait().await;
             anyhow::bail!(
-                "this edge serves --domain {} but the coordinator publishes funnels under                  {theirs}: start it with --domain {theirs}",
+                "this edge serves --domain {} but the coordinator publishes funnels under \
+                 {theirs}: start it with --domain {theirs}",
                 cfg.domain
             );
         }

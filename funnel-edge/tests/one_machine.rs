@@ -151,7 +151,9 @@ async fn an_edge_for_another_domain_than_the_coordinators_refuses_to_start() {
     assert!(!out.status.success(), "{err}");
     assert!(
         err.contains("serves --domain other.localhost")
-            && err.contains("start it with --domain funnel.localhost"),
+            && err.contains(
+                "publishes funnels under funnel.localhost: start it with --domain funnel.localhost"
+            ),
         "{err}"
     );
 }

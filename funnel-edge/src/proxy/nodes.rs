@@ -82,10 +82,6 @@ pub(crate) fn client(dialer: Arc<dyn Dialer>, opts: &ProxyOptions) -> NodeClient
 
 /// The URI that sends a request to funnel `name` on the node at `node_ip`.
 pub(crate) fn upstream_uri(name: &str, node_ip: IpAddr, original: &Uri) -> Result<Uri, NodeError> {
-    let host = match node_ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("[{v6}]"),
-    };
     let path = original
         .path_and_query()
         .map(|pq| pq.as_str())
@@ -93,7 +89,11 @@ pub(crate) fn upstream_uri(name: &str, node_ip: IpAddr, original: &Uri) -> Resul
         .unwrap_or("/");
     Uri::builder()
         .scheme("http")
-        .authority(format!("{name}@{host}:{FUNNEL_INGRESS_PORT}"))
+        // A socket address prints an IPv6 host in brackets, as an authority needs.
+        .authority(format!(
+            "{name}@{}",
+            SocketAddr::new(node_ip, FUNNEL_INGRESS_PORT)
+        ))
         .path_and_query(path)
         .build()
         .map_err(|e| NodeError::Target(e.to_string()))
