@@ -151,6 +151,48 @@ async fn connections_to_the_node_are_reused_across_client_connections() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_funnel_on_a_node_has_connections_of_its_own() {
+    let edge = Edge::start().await;
+    let mut ports = Vec::new();
+    for _ in 0..2 {
+        for name in ["hello", "second"] {
+            let out = curl(&edge, &["--http1.1", &edge.url(name, "/port")]).await;
+            assert_eq!(out.status, 200, "{name}: {out:?}");
+            ports.push(out.body);
+        }
+    }
+    // Both funnels are on node 1, each to a service of its own: a kept stream named for one
+    // never carries the other's requests.
+    assert_ne!(ports[0], ports[1], "{ports:?}");
+    assert_eq!(ports[0..2], ports[2..4], "{ports:?}");
+    assert_eq!(edge.dialed().len(), 2, "{:?}", edge.dialed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_connection_the_service_closed_or_left_mid_response_is_not_reused() {
+    let edge = Edge::start().await;
+    let hello = edge.url("hello", "/hello");
+    // The service ends the stream after answering: the next request gets a new one.
+    let out = curl(&edge, &["--http1.1", &edge.url("hello", "/close")]).await;
+    assert_eq!(
+        (out.status, out.body.as_str()),
+        (200, "closing\n"),
+        "{out:?}"
+    );
+    assert_eq!(curl(&edge, &["--http1.1", &hello]).await.status, 200);
+    assert_eq!(edge.dialed().len(), 2, "{:?}", edge.dialed());
+    // A client that leaves in the middle of a streamed response: that stream is dropped, the
+    // next request is not answered with the rest of the old response.
+    let sse = edge.url("hello", "/sse");
+    let out = curl(&edge, &["--http1.1", "--max-time", "1", &sse]).await;
+    assert!(out.body.contains("data: first"), "{out:?}");
+    let out = curl(&edge, &["--http1.1", &hello]).await;
+    assert_eq!(out.status, 200, "{out:?}");
+    assert_eq!(out.body, "hello from the service\n", "{out:?}");
+    assert_eq!(edge.dialed().len(), 3, "{:?}", edge.dialed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn idle_and_slow_connections_are_closed() {
     let edge = Edge::start_with(ProxyOptions {
         idle_timeout: Duration::from_secs(1),

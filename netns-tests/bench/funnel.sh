@@ -258,7 +258,7 @@ first_max=$(printf '%s\n' "${firsts[@]}" | sort -n | tail -1)
 if [ "$HOLD" != 0 ]; then
     log "holding for $HOLD s: namespaces ${TAG}{coord,edge,client,node}, work dir $WORK," \
         "edge pid $EDGE_PID, node pid $NODE_PID"
-    sleep "$HOLD"
+    sleep "$HOLD" || true  # ended early by killing the sleep
 fi
 
 # ------------------------------------------------------------------- wrk ----

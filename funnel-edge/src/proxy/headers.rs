@@ -130,17 +130,29 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 
 /// Removes hop-by-hop headers, including those the Connection header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+    remove_where(headers, |_| false);
+}
+
+/// Removes, in one pass over the names, the hop-by-hop headers (those the Connection header
+/// names too) and every header `also` picks. Nothing is allocated when nothing is removed.
+fn remove_where(headers: &mut HeaderMap, also: impl Fn(&str) -> bool) {
+    let connection = headers.get_all(header::CONNECTION);
+    let named = || {
+        connection
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+    };
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| {
+            let k = k.as_str();
+            HOP_BY_HOP.contains(&k) || also(k) || named().any(|t| t.eq_ignore_ascii_case(k))
+        })
+        .cloned()
         .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
+    for name in doomed {
         headers.remove(name);
     }
 }
@@ -164,44 +176,34 @@ pub fn rewrite_request_headers(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
     } else {
         None
     };
-    strip_hop_by_hop(headers);
-    for name in FORWARDING {
-        headers.remove(name);
-    }
-    let own: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| k.as_str().starts_with(OWN_PREFIX))
-        .cloned()
-        .collect();
-    for name in own {
-        headers.remove(name);
-    }
     // The edge already answered any `Expect: 100-continue` itself, and streams the body.
-    headers.remove(header::EXPECT);
+    remove_where(headers, |k| {
+        FORWARDING.contains(&k) || k.starts_with(OWN_PREFIX) || k == "expect"
+    });
     // HTTP/2 may split cookies into several fields; HTTP/1.1 wants one (RFC 9113 §8.2.3).
-    let cookies: Vec<&[u8]> = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .map(HeaderValue::as_bytes)
-        .collect();
-    if cookies.len() > 1 {
-        let joined = cookies.join(&b"; "[..]);
+    let cookies = headers.get_all(header::COOKIE);
+    if cookies.iter().nth(1).is_some() {
+        let joined = cookies
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect::<Vec<_>>()
+            .join(&b"; "[..]);
         if let Ok(v) = HeaderValue::from_bytes(&joined) {
             headers.insert(header::COOKIE, v);
         }
     }
     set(headers, header::HOST, fwd.host);
-    let ip = fwd.client_ip.to_canonical().to_string();
-    set(headers, HeaderName::from_static("x-forwarded-for"), &ip);
+    if let Ok(ip) = HeaderValue::try_from(fwd.client_ip.to_canonical().to_string()) {
+        headers.insert(HeaderName::from_static("x-forwarded-for"), ip);
+    }
     set(
         headers,
         HeaderName::from_static("x-forwarded-host"),
         fwd.host,
     );
-    set(
-        headers,
+    headers.insert(
         HeaderName::from_static("x-forwarded-proto"),
-        "https",
+        HeaderValue::from_static("https"),
     );
     set(headers, HeaderName::from_static(FUNNEL_HEADER), fwd.funnel);
     if let Some(u) = upgrade {

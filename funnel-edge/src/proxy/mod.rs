@@ -91,7 +91,7 @@ impl Default for ProxyOptions {
 #[derive(Debug)]
 pub(crate) struct Shared {
     routes: watch::Receiver<RouteTable>,
-    nodes: nodes::NodeClient,
+    nodes: nodes::NodePool,
     opts: ProxyOptions,
 }
 
@@ -116,9 +116,10 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(opts.max_connections.max(1)));
     let shared = Arc::new(Shared {
         routes,
-        nodes: nodes::client(dialer, &opts),
+        nodes: nodes::NodePool::new(dialer, &opts),
         opts,
     });
+    shared.nodes.spawn_sweeper();
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return Ok(()); // never closed

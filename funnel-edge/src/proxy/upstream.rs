@@ -12,7 +12,7 @@ use tokio::time::timeout;
 use tracing::debug;
 
 use super::headers::{self, Forwarding};
-use super::nodes::{upstream_uri, NodeError};
+use super::nodes::{origin_form, NodeError, UpstreamError};
 use super::{pages, Body, ConnInfo, Shared};
 
 const OFFLINE: &str = "The node serving this funnel is offline or not answering.";
@@ -46,16 +46,11 @@ pub(crate) async fn forward(
         },
     );
     parts.version = Version::HTTP_11;
-    parts.uri = match upstream_uri(name, node_ip, &parts.uri) {
-        Ok(u) => u,
-        Err(e) => {
-            debug!(funnel = %name, "{e}");
-            return pages::bad_gateway(OFFLINE);
-        }
-    };
+    parts.uri = origin_form(parts.uri);
     let upstream_req = Request::from_parts(parts, body);
 
-    let mut resp = match timeout(opts.response_timeout, shared.nodes.request(upstream_req)).await {
+    let request = shared.nodes.request(name, node_ip, upstream_req);
+    let mut resp = match timeout(opts.response_timeout, request).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => return failed(name, &e),
         Err(_) => {
@@ -94,17 +89,17 @@ pub(crate) async fn forward(
 }
 
 /// The page for a request the node did not answer.
-fn failed(name: &str, e: &hyper_util::client::legacy::Error) -> Response<Body> {
-    match NodeError::of(e) {
-        Some(NodeError::Refused(reason)) => {
+fn failed(name: &str, e: &UpstreamError) -> Response<Body> {
+    match e {
+        UpstreamError::Connect(NodeError::Refused(reason)) => {
             debug!(funnel = %name, "node refused: {reason}");
             pages::bad_gateway(&format!("The node refused this funnel: {reason}"))
         }
-        Some(n) => {
+        UpstreamError::Connect(n) => {
             debug!(funnel = %name, "connecting to the node: {n}");
             pages::bad_gateway(OFFLINE)
         }
-        None => {
+        UpstreamError::Request(e) => {
             debug!(funnel = %name, "request to the node: {e}");
             pages::bad_gateway(
                 "The service behind this funnel closed the connection without answering.",

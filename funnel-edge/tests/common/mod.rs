@@ -46,8 +46,8 @@ pub mod checks;
 
 pub const DOMAIN: &str = "funnel.localhost";
 /// Every name a test asks curl for.
-const NAMES: [&str; 8] = [
-    "hello", "nofunnel", "down", "slow", "old", "nosuch", "other", "brief",
+const NAMES: [&str; 9] = [
+    "hello", "second", "nofunnel", "down", "slow", "old", "nosuch", "other", "brief",
 ];
 
 type SBody = BoxBody<Bytes, Infallible>;
@@ -141,12 +141,13 @@ fn netmap(routes: Vec<FunnelRoute>) -> Netmap {
     }
 }
 
-/// The routes every test starts with: node 1 is the real ingress, node 2 refuses connections,
-/// node 3 never answers.
+/// The routes every test starts with: node 1 is the real ingress (funnels "hello" and "second"),
+/// node 2 refuses connections, node 3 never answers.
 fn default_routes() -> Vec<FunnelRoute> {
     let live = now() + 3600;
     vec![
         route("hello", 1, live),
+        route("second", 1, live),
         route("nofunnel", 1, live),
         route("down", 2, live),
         route("slow", 3, live),
@@ -163,7 +164,8 @@ impl Edge {
     pub async fn start_with(opts: ProxyOptions) -> Self {
         let service = Arc::new(Service::default());
         let svc_port = start_service(service.clone()).await;
-        let ingress_port = start_ingress(svc_port).await;
+        let second_port = start_service(service.clone()).await;
+        let ingress_port = start_ingress(svc_port, second_port).await;
         let closed = {
             let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
             l.local_addr().unwrap()
@@ -334,17 +336,19 @@ pub async fn curl(edge: &Edge, args: &[&str]) -> CurlOut {
     }
 }
 
-/// The node's ingress on 127.0.0.1, publishing funnel "hello" → the service. The edge is
-/// whoever connects from 127.0.0.1.
-async fn start_ingress(svc_port: u16) -> u16 {
+/// The node's ingress on 127.0.0.1, publishing funnel "hello" → the service and "second" → a
+/// second instance of it. The edge is whoever connects from 127.0.0.1.
+async fn start_ingress(svc_port: u16, second_port: u16) -> u16 {
     let mut table = FunnelTable::default();
-    table.upsert(LocalFunnel {
-        name: "hello".into(),
-        port: svc_port,
-        url: String::new(),
-        expires: now() + 3600,
-        background: false,
-    });
+    for (name, port) in [("hello", svc_port), ("second", second_port)] {
+        table.upsert(LocalFunnel {
+            name: name.into(),
+            port,
+            url: String::new(),
+            expires: now() + 3600,
+            background: false,
+        });
+    }
     let ingress = Ingress {
         funnels: Arc::new(Mutex::new(table)),
         changes: tokio::sync::watch::channel(()).1,
@@ -383,7 +387,7 @@ async fn start_service(state: Arc<Service>) -> u16 {
         while let Ok((s, _)) = l.accept().await {
             let state = state.clone();
             tokio::spawn(async move {
-                let svc = service_fn(move |req| handle(state.clone(), req));
+                let svc = service_fn(move |req| handle(state.clone(), port, req));
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(s), svc)
                     .with_upgrades()
@@ -400,10 +404,18 @@ fn full(s: impl Into<Bytes>) -> SBody {
 
 async fn handle(
     state: Arc<Service>,
+    port: u16,
     req: Request<Incoming>,
 ) -> Result<Response<SBody>, Infallible> {
     let resp = match req.uri().path() {
         "/hello" => Response::new(full("hello from the service\n")),
+        // Which instance of the service answered.
+        "/port" => Response::new(full(format!("{port}\n"))),
+        // The service closes its connection after this answer.
+        "/close" => Response::builder()
+            .header("connection", "close")
+            .body(full("closing\n"))
+            .unwrap(),
         "/headers" => {
             let mut out = String::new();
             for (k, v) in req.headers() {
