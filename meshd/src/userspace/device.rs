@@ -1,15 +1,22 @@
 //! The userspace stack's network "device": two bounded packet queues. `rx` is filled by the
 //! WireGuard core through [`Sink::deliver`] (decrypted, checked packets from peers) and drained by
-//! smoltcp; `tx` is filled by smoltcp and drained by the driver into `Peers::handle_outbound`.
-//! No I/O here.
+//! smoltcp; `tx` is filled by smoltcp and drained by the driver into `Peers::handle_outbound`,
+//! which gives each buffer back ([`QueueDevice::recycle`]): packet buffers are reused, not
+//! allocated per packet. No I/O here.
+//!
+//! Checksums are computed on what the stack sends but not verified on what it receives: every
+//! received packet was decrypted and authenticated by the WireGuard core (as Linux's WireGuard
+//! marks its packets' checksums as already checked).
 
 use std::collections::VecDeque;
 
-use smoltcp::phy::{self, DeviceCapabilities, Medium};
+use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
 /// Packets queued each way before more are dropped (as a congested link would).
 pub const QUEUE: usize = 1024;
+/// Spare packet buffers kept for reuse, each way.
+const SPARE: usize = 256;
 
 /// A queue-backed IP device (no link layer) with the mesh MTU.
 #[derive(Debug)]
@@ -19,6 +26,8 @@ pub struct QueueDevice {
     mtu: usize,
     /// Packets dropped because a queue was full.
     pub dropped: u64,
+    rx_spare: Vec<Vec<u8>>,
+    tx_spare: Vec<Vec<u8>>,
 }
 
 impl QueueDevice {
@@ -28,6 +37,8 @@ impl QueueDevice {
             tx: VecDeque::new(),
             mtu,
             dropped: 0,
+            rx_spare: Vec::new(),
+            tx_spare: Vec::new(),
         }
     }
 
@@ -37,22 +48,40 @@ impl QueueDevice {
             self.dropped += 1;
             return false;
         }
-        self.rx.push_back(packet.to_vec());
+        let mut buf = self.rx_spare.pop().unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(packet);
+        self.rx.push_back(buf);
         true
+    }
+
+    /// Takes back a buffer of a packet taken from `tx`, for a later one.
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        keep_spare(&mut self.tx_spare, buf);
+    }
+}
+
+fn keep_spare(spare: &mut Vec<Vec<u8>>, buf: Vec<u8>) {
+    if spare.len() < SPARE {
+        spare.push(buf);
     }
 }
 
 impl phy::Device for QueueDevice {
-    type RxToken<'a> = RxToken;
+    type RxToken<'a> = RxToken<'a>;
     type TxToken<'a> = TxToken<'a>;
 
     fn receive(&mut self, _now: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
         let packet = self.rx.pop_front()?;
         Some((
-            RxToken(packet),
+            RxToken {
+                buf: packet,
+                spare: &mut self.rx_spare,
+            },
             TxToken {
                 queue: &mut self.tx,
                 dropped: &mut self.dropped,
+                spare: &mut self.tx_spare,
             },
         ))
     }
@@ -65,6 +94,7 @@ impl phy::Device for QueueDevice {
         Some(TxToken {
             queue: &mut self.tx,
             dropped: &mut self.dropped,
+            spare: &mut self.tx_spare,
         })
     }
 
@@ -72,19 +102,36 @@ impl phy::Device for QueueDevice {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ip;
         caps.max_transmission_unit = self.mtu;
+        caps.checksum = authenticated();
         caps
     }
 }
 
-#[derive(Debug)]
-pub struct RxToken(Vec<u8>);
+/// Compute every checksum on transmit, verify none on receive (see the module's comment).
+fn authenticated() -> ChecksumCapabilities {
+    let mut c = ChecksumCapabilities::default();
+    c.ipv4 = Checksum::Tx;
+    c.udp = Checksum::Tx;
+    c.tcp = Checksum::Tx;
+    c.icmpv4 = Checksum::Tx;
+    c.icmpv6 = Checksum::Tx;
+    c
+}
 
-impl phy::RxToken for RxToken {
+#[derive(Debug)]
+pub struct RxToken<'a> {
+    buf: Vec<u8>,
+    spare: &'a mut Vec<Vec<u8>>,
+}
+
+impl phy::RxToken for RxToken<'_> {
     fn consume<R, F>(self, f: F) -> R
     where
         F: FnOnce(&[u8]) -> R,
     {
-        f(&self.0)
+        let r = f(&self.buf);
+        keep_spare(self.spare, self.buf);
+        r
     }
 }
 
@@ -92,6 +139,7 @@ impl phy::RxToken for RxToken {
 pub struct TxToken<'a> {
     queue: &'a mut VecDeque<Vec<u8>>,
     dropped: &'a mut u64,
+    spare: &'a mut Vec<Vec<u8>>,
 }
 
 impl phy::TxToken for TxToken<'_> {
@@ -99,13 +147,16 @@ impl phy::TxToken for TxToken<'_> {
     where
         F: FnOnce(&mut [u8]) -> R,
     {
-        let mut buf = vec![0u8; len];
+        let mut buf = self.spare.pop().unwrap_or_default();
+        buf.clear();
+        buf.resize(len, 0);
         let r = f(&mut buf);
         // `receive` hands out a TxToken without checking room (smoltcp may answer a packet).
         if self.queue.len() < QUEUE * 2 {
             self.queue.push_back(buf);
         } else {
             *self.dropped += 1;
+            keep_spare(self.spare, buf);
         }
         r
     }
@@ -135,5 +186,39 @@ mod tests {
         assert!(d.transmit(Instant::ZERO).is_none());
         assert_eq!(d.tx.pop_front().unwrap(), vec![7, 7, 7]);
         assert_eq!(d.capabilities().max_transmission_unit, 1420);
+    }
+
+    #[test]
+    fn packet_buffers_are_reused() {
+        let mut d = QueueDevice::new(1420);
+        d.push_rx(&[1; 1400]);
+        let first = d.rx[0].as_ptr();
+        let (rx, _) = d.receive(Instant::ZERO).unwrap();
+        rx.consume(|_| ());
+        d.push_rx(&[2; 60]);
+        assert_eq!(d.rx[0].as_ptr(), first);
+        assert_eq!(d.rx[0], vec![2; 60]);
+
+        d.transmit(Instant::ZERO)
+            .unwrap()
+            .consume(1400, |b| b.fill(3));
+        let sent = d.tx.pop_front().unwrap();
+        let ptr = sent.as_ptr();
+        d.recycle(sent);
+        d.transmit(Instant::ZERO)
+            .unwrap()
+            .consume(40, |b| assert!(b.iter().all(|&x| x == 0), "a reused buffer is zeroed"));
+        assert_eq!(d.tx[0].as_ptr(), ptr);
+        assert_eq!(d.tx[0].len(), 40);
+    }
+
+    #[test]
+    fn checksums_are_made_on_send_and_not_checked_on_receipt() {
+        // What the stack receives was authenticated by WireGuard; what it sends is checked by
+        // the peer's kernel (TUN mode), so it must be right.
+        let c = QueueDevice::new(1420).capabilities().checksum;
+        for (name, ck) in [("ipv4", c.ipv4), ("tcp", c.tcp), ("udp", c.udp)] {
+            assert!(ck.tx() && !ck.rx(), "{name}");
+        }
     }
 }

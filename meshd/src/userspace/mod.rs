@@ -179,14 +179,14 @@ fn flush(
     pings: &mut Pings,
     now: Instant,
 ) {
-    let out = std::mem::take(&mut core.device.tx);
-    let mut sink = StackSink {
-        outbox,
-        device: &mut core.device,
-        pings,
-    };
-    for p in &out {
-        peers.handle_outbound(p, now, &mut sink);
+    while let Some(p) = core.device.tx.pop_front() {
+        let mut sink = StackSink {
+            outbox,
+            device: &mut core.device,
+            pings,
+        };
+        peers.handle_outbound(&p, now, &mut sink);
+        core.device.recycle(p);
     }
 }
 
