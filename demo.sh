@@ -82,7 +82,7 @@ edge_key=$("$bin/coord" --state-dir "$state/coord" authkey create --tag edge --e
 node_key=$("$bin/coord" --state-dir "$state/coord" authkey create --expires 1h 2>/dev/null)
 
 echo "==> funnel edge (userspace) on 127.0.0.1:$https_port"
-"$bin/funnel-edge" run --userspace --state-dir "$state/edge" --domain "$domain" \
+"$bin/funnel-edge" run --state-dir "$state/edge" --domain "$domain" \
     --https-listen "127.0.0.1:$https_port" --public-address 127.0.0.1 --listen-port 0 \
     --coord "$coord_url" --coord-fingerprint "$fingerprint" --authkey "$edge_key" \
     >"$state/edge.out" 2>"$state/edge.log" &

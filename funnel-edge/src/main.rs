@@ -56,12 +56,14 @@ struct RunArgs {
     /// WireGuard UDP port (0: any free port).
     #[arg(long, default_value_t = 41641)]
     listen_port: u16,
-    /// No TUN device: a userspace TCP/IP stack (no root needed).
-    #[arg(long)]
+    /// Join the mesh with a kernel TUN device of this name (root or CAP_NET_ADMIN) instead of
+    /// the userspace TCP/IP stack. The edge only dials nodes; the userspace stack does that
+    /// faster, needs no root, and leaves the edge host itself off the mesh.
+    #[arg(long, value_name = "NAME", num_args = 0..=1, default_missing_value = "edge0")]
+    tun: Option<String>,
+    /// The userspace TCP/IP stack (the default; refuses `--tun`).
+    #[arg(long, conflicts_with = "tun")]
     userspace: bool,
-    /// The TUN device's name (TUN mode).
-    #[arg(long, default_value = "edge0")]
-    tun: String,
 }
 
 #[derive(Debug, Args)]
@@ -106,8 +108,8 @@ fn main() -> anyhow::Result<()> {
                     coord_fingerprint: a.coord_fingerprint,
                     coord_ca: a.coord_ca,
                     listen_port: a.listen_port,
-                    tun_name: a.tun,
-                    userspace: a.userspace,
+                    userspace: a.tun.is_none(),
+                    tun_name: a.tun.unwrap_or_default(),
                     socks5: ([127, 0, 0, 1], 0).into(),
                     serve_tcp: vec![],
                     endpoints: a.public_address.map(|ip| (ip, None)).into_iter().collect(),

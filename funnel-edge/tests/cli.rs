@@ -53,7 +53,7 @@ fn run_says_what_is_missing_on_first_use() {
         .arg("run")
         .arg("--state-dir")
         .arg(dir.path())
-        .args(["--https-listen", "127.0.0.1:0", "--userspace"])
+        .args(["--https-listen", "127.0.0.1:0"])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -62,4 +62,15 @@ fn run_says_what_is_missing_on_first_use() {
         err.contains("--coord URL is required the first time"),
         "{err}"
     );
+}
+
+#[test]
+fn tun_and_userspace_are_one_choice() {
+    let out = edge()
+        .args(["run", "--userspace", "--tun", "edge1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot be used with"), "{err}");
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Funnel benchmark: HTTPS requests per second and latency from a `client` namespace through
-#   funnel-edge (TLS) → the mesh (WireGuard, TUN mode on both ends) → meshd's funnel ingress →
+#   funnel-edge (TLS) → the mesh (WireGuard; the edge in userspace mode, its default, the node
+#   in TUN mode) → meshd's funnel ingress →
 #   nginx on the node's 127.0.0.1,
 # against the same nginx content served with TLS directly on the edge host (no tunnel), in the
 # same run. Also the time from `meshd funnel` to the first successful public request.
@@ -11,8 +12,9 @@
 #
 # Usage (as root, from anywhere in the repository):
 #   netns-tests/bench/funnel.sh [--duration S] [--connections N] [--firsts N] [--no-build]
-#                               [--edge-userspace] [--edge-cpu F] [--hold S] [--append-doc]
-# --edge-userspace: the edge joins the mesh in userspace mode (no TUN device on the edge host).
+#                               [--edge-tun] [--edge-cpu F] [--hold S] [--append-doc]
+# --edge-tun: the edge joins the mesh with a TUN device (`funnel-edge run --tun`) instead of its
+# default userspace stack. (--edge-userspace, the default, is still accepted.)
 # --edge-cpu F: the edge host's processes (funnel-edge, and the direct nginx) get at most F CPUs
 # (a cgroup CPU quota), the other hosts are not limited: requests per second then measure what
 # the edge host can serve through the funnel against what it can serve itself, as when the
@@ -39,10 +41,11 @@ while [ $# -gt 0 ]; do
         --firsts) FIRSTS="$2"; shift 2 ;;
         --no-build) BUILD=0; shift ;;
         --hold) HOLD="$2"; shift 2 ;;
-        --edge-userspace) EDGE_MODE=(--userspace); shift ;;
+        --edge-userspace) EDGE_MODE=(); shift ;;
+        --edge-tun) EDGE_MODE=(--tun); shift ;;
         --edge-cpu) EDGE_CPU="$2"; shift 2 ;;
         --append-doc) APPEND=1; shift ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done

@@ -64,6 +64,8 @@ fn a_page_behind_nat_reaches_the_internet_through_the_edge_and_nothing_else_does
             &coord.fingerprint,
             "--authkey",
             &edge_key,
+            // A kernel device, so that the probes below can try the node's other ports.
+            "--tun",
         ],
         "funnel-edge: serving",
         Duration::from_secs(30),

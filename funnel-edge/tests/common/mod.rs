@@ -213,7 +213,7 @@ impl Edge {
         }
     }
 
-    /// The one-machine topology with real processes: `coord`, `funnel-edge run --userspace` on
+    /// The one-machine topology with real processes: `coord`, `funnel-edge run` (userspace) on
     /// 127.0.0.1 and a `meshd up --userspace` node "laptop" that publishes the local service as
     /// funnel "hello" (`meshd funnel PORT --bg --name hello`). Returns once a request gets
     /// through.
@@ -553,33 +553,34 @@ impl Mesh {
             authkey(&coord_state, None),
         );
 
+        // How each process first reaches the coordinator.
+        let join = |key: &str| {
+            let trust = ["--coord", &url, "--coord-fingerprint", &fingerprint];
+            trust
+                .map(str::to_owned)
+                .into_iter()
+                .chain(["--authkey".into(), key.to_owned()])
+        };
         let edge_state = dir.join("edge");
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_funnel-edge"));
-        cmd.args([
-            "run",
-            "--userspace",
-            "--state-dir",
-            edge_state.to_str().unwrap(),
-        ])
-        .args([
-            "--domain",
-            DOMAIN,
-            "--https-listen",
-            &format!("127.0.0.1:{https_port}"),
-        ])
-        .args(["--public-address", "127.0.0.1", "--listen-port", "0"])
-        .args([
-            "--coord",
-            &url,
-            "--coord-fingerprint",
-            &fingerprint,
-            "--authkey",
-            &edge_key,
-        ])
-        // Errors only: until the node reports its endpoint the edge warns that no peer has one.
-        .env("FUNNEL_EDGE_LOG", "error")
-        .env("MESHD_LOG", "error");
+        // Userspace mode by default: no `--userspace`, and no TUN device made (checked below).
+        cmd.args(["run", "--state-dir", edge_state.to_str().unwrap()])
+            .args([
+                "--domain",
+                DOMAIN,
+                "--https-listen",
+                &format!("127.0.0.1:{https_port}"),
+            ])
+            .args(["--public-address", "127.0.0.1", "--listen-port", "0"])
+            .args(join(&edge_key))
+            // Errors only: until the node reports its endpoint the edge warns that no peer has one.
+            .env("FUNNEL_EDGE_LOG", "error")
+            .env("MESHD_LOG", "error");
         let (edge_proc, _) = spawn_lines(cmd, &["funnel-edge: serving"], SPAWN_WITHIN);
+        assert!(
+            !std::path::Path::new("/sys/class/net/edge0").exists(),
+            "the edge made a TUN device without --tun"
+        );
 
         let node_state = dir.join("node");
         let ns = node_state.to_str().unwrap().to_owned();
@@ -600,14 +601,7 @@ impl Mesh {
             "--endpoint",
             "127.0.0.1",
         ])
-        .args([
-            "--coord",
-            &url,
-            "--coord-fingerprint",
-            &fingerprint,
-            "--authkey",
-            &node_key,
-        ])
+        .args(join(&node_key))
         .env("MESHD_LOG", "warn");
         let (node_proc, _) = spawn_lines(cmd, &["meshd up: "], SPAWN_WITHIN);
         let (ok, out) = run(

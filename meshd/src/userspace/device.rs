@@ -205,9 +205,9 @@ mod tests {
         let sent = d.tx.pop_front().unwrap();
         let ptr = sent.as_ptr();
         d.recycle(sent);
-        d.transmit(Instant::ZERO)
-            .unwrap()
-            .consume(40, |b| assert!(b.iter().all(|&x| x == 0), "a reused buffer is zeroed"));
+        d.transmit(Instant::ZERO).unwrap().consume(40, |b| {
+            assert!(b.iter().all(|&x| x == 0), "a reused buffer is zeroed")
+        });
         assert_eq!(d.tx[0].as_ptr(), ptr);
         assert_eq!(d.tx[0].len(), 40);
     }
