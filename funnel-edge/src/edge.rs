@@ -26,7 +26,8 @@ pub struct EdgeConfig {
     pub state_dir: PathBuf,
     pub domain: String,
     pub https_listen: SocketAddr,
-    /// How the edge joins the mesh (its state dir is `state_dir/node`).
+    /// How the edge joins the mesh (its state dir is `state_dir/node`; `edge_domain` is set
+    /// from `domain`).
     pub node: UpConfig,
 }
 
@@ -50,22 +51,12 @@ pub async fn run(cfg: EdgeConfig, mut stop: watch::Receiver<bool>) -> anyhow::Re
     let listener = TcpListener::bind(cfg.https_listen)
         .await
         .with_context(|| format!("listening on {}", cfg.https_listen))?;
-    let node = meshd::daemon::start(cfg.node.clone()).await?;
-    let theirs = node
-        .coord_info
-        .as_ref()
-        .and_then(|i| i.funnel_domain.clone());
-    if let Some(theirs) = theirs {
-        if !theirs.eq_ignore_ascii_case(cfg.domain.trim_end_matches('.')) {
-            node.stop();
-            let _ = node.wait().await;
-            anyhow::bail!(
-                "this edge serves --domain {} but the coordinator publishes funnels under \
-                 {theirs}: start it with --domain {theirs}",
-                cfg.domain
-            );
-        }
-    }
+    // An edge for another domain than the coordinator's says so and stops before registering.
+    let node = meshd::daemon::start(UpConfig {
+        edge_domain: Some(cfg.domain.clone()),
+        ..cfg.node.clone()
+    })
+    .await?;
     let (routes_tx, routes_rx) = watch::channel(
         RouteTable::new(&cfg.domain).map_err(|e| anyhow::anyhow!("--domain: {}", e.0))?,
     );

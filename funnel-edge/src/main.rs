@@ -113,6 +113,7 @@ fn main() -> anyhow::Result<()> {
                     socks5: ([127, 0, 0, 1], 0).into(),
                     serve_tcp: vec![],
                     endpoints: a.public_address.map(|ip| (ip, None)).into_iter().collect(),
+                    edge_domain: None, // `edge::run` sets it from --domain
                 },
                 state_dir: a.common.state_dir,
                 domain: a.common.domain,

@@ -117,6 +117,12 @@ async fn an_edge_for_another_domain_than_the_coordinators_refuses_to_start() {
     let edge = Edge::start_mesh().await;
     let mesh = edge.mesh.as_ref().unwrap();
     let key = mesh.authkey(Some("edge"));
+    let nodes = || {
+        let (ok, out) = mesh.coord(&["nodes", "list", "--json"]);
+        assert!(ok, "{out}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    let before = nodes();
     let state = edge.dir.path().join("edge-other");
     let mut child = std::process::Command::new(testkit::binary("funnel-edge"))
         .args(["run", "--userspace", "--listen-port", "0"])
@@ -156,6 +162,8 @@ async fn an_edge_for_another_domain_than_the_coordinators_refuses_to_start() {
             ),
         "{err}"
     );
+    // It stopped before registering: the coordinator has no node more than before.
+    assert_eq!(nodes(), before);
 }
 
 /// Waits (up to 5 s) until `meshd funnel status` lists no funnels.

@@ -141,6 +141,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 socks5,
                 serve_tcp,
                 endpoints: endpoint,
+                edge_domain: None,
             };
             // The control plane and the local API share one thread; the TUN data plane has its
             // own (see daemon::dataplane).

@@ -46,6 +46,9 @@ pub struct UpConfig {
     pub serve_tcp: Vec<(u16, SocketAddr)>,
     /// Endpoints to advertise besides the discovered ones; no port means our UDP port.
     pub endpoints: Vec<(IpAddr, Option<u16>)>,
+    /// A funnel edge for this domain: when the coordinator publishes funnels under another, the
+    /// node says so and stops before it registers.
+    pub edge_domain: Option<String>,
 }
 
 /// Parses `--endpoint IP[:PORT]` (IPv6 with a port as `[IP]:PORT`).
@@ -72,6 +75,17 @@ fn unreachable(e: &ControlError) -> bool {
         e,
         ControlError::Connect { .. } | ControlError::Timeout { .. } | ControlError::Io(_)
     )
+}
+
+/// An edge serves one funnel domain: the coordinator's, if it publishes one.
+fn check_edge_domain(ours: &str, info: &proto::api::CoordInfo) -> anyhow::Result<()> {
+    match &info.funnel_domain {
+        Some(theirs) if !theirs.eq_ignore_ascii_case(ours.trim_end_matches('.')) => bail!(
+            "this edge serves --domain {ours} but the coordinator publishes funnels under \
+             {theirs}: start it with --domain {theirs}"
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// A node running in this process: what an embedding program (the funnel edge) uses.
@@ -197,6 +211,15 @@ pub async fn start(cfg: UpConfig) -> anyhow::Result<Node> {
     let hostname = cfg.hostname.clone().unwrap_or_else(system_hostname);
 
     let saved_map = state.netmap()?;
+    let offline_start = |e: &ControlError| unreachable(e) && saved.is_some() && saved_map.is_some();
+    if let Some(domain) = &cfg.edge_domain {
+        match client.info().await {
+            Ok(info) => check_edge_domain(domain, &info)?,
+            // Checked at the next start that reaches the coordinator.
+            Err(e) if offline_start(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     let me = match client.register(cfg.authkey.as_deref(), &hostname).await {
         Ok(r) => {
             state.save_identity(&Identity {
@@ -208,7 +231,7 @@ pub async fn start(cfg: UpConfig) -> anyhow::Result<Node> {
             info!(name = %r.node.name, ipv4 = %r.node.ipv4, ipv6 = %r.node.ipv6, "registered");
             r.node
         }
-        Err(e) if unreachable(&e) && saved.is_some() && saved_map.is_some() => {
+        Err(e) if offline_start(&e) => {
             warn!("{e}; starting from the saved netmap");
             saved.map(|s| s.node).context("saved identity")?
         }
