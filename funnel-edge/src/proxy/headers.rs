@@ -120,12 +120,17 @@ pub fn is_upgrade<B>(req: &Request<B>) -> bool {
 }
 
 fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token))
+}
+
+/// The options the Connection header lists (`keep-alive`, `upgrade`, header names).
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+        .map(str::trim)
 }
 
 /// Removes hop-by-hop headers, including those the Connection header names.
@@ -136,19 +141,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Removes, in one pass over the names, the hop-by-hop headers (those the Connection header
 /// names too) and every header `also` picks. Nothing is allocated when nothing is removed.
 fn remove_where(headers: &mut HeaderMap, also: impl Fn(&str) -> bool) {
-    let connection = headers.get_all(header::CONNECTION);
-    let named = || {
-        connection
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-    };
     let doomed: Vec<HeaderName> = headers
         .keys()
         .filter(|k| {
             let k = k.as_str();
-            HOP_BY_HOP.contains(&k) || also(k) || named().any(|t| t.eq_ignore_ascii_case(k))
+            HOP_BY_HOP.contains(&k) || also(k) || connection_has(headers, k)
         })
         .cloned()
         .collect();

@@ -59,7 +59,6 @@ pub(crate) enum UpstreamError {
 }
 
 /// The HTTP/1.1 connections to nodes; request bodies are the clients', streamed.
-#[derive(Clone)]
 pub(crate) struct NodePool {
     inner: Arc<Inner>,
 }

@@ -67,11 +67,17 @@ fn counted_pair() -> (Stack, Stack, Crossed) {
     (sa, sb, crossed)
 }
 
-/// A connection from `sa` to port `port` of `sb`, as two byte streams (client, server).
-async fn streams(sa: &Stack, sb: &Stack, port: u16) -> (ConnStream, ConnStream) {
+/// A connection from `sa` to port `port` of `sb` (client, server).
+async fn connections(sa: &Stack, sb: &Stack, port: u16) -> (Connection, Connection) {
     let mut l = sb.listen(port).await.unwrap();
     let (client, server) = tokio::join!(sa.connect((B, port).into()), l.accept());
-    (client.unwrap().into(), server.unwrap().into())
+    (client.unwrap(), server.unwrap())
+}
+
+/// The same as two byte streams.
+async fn streams(sa: &Stack, sb: &Stack, port: u16) -> (ConnStream, ConnStream) {
+    let (client, server) = connections(sa, sb, port).await;
+    (client.into(), server.into())
 }
 
 async fn read_all(r: &mut ConnReader) -> io::Result<Vec<u8>> {
@@ -124,9 +130,7 @@ async fn connect_accept_transfer_half_close() {
 async fn large_transfer_with_a_slow_reader() {
     bounded(async {
         let (sa, sb) = pair();
-        let mut l = sb.listen(9000).await.unwrap();
-        let (client, server) = tokio::join!(sa.connect((B, 9000).into()), l.accept());
-        let (client, mut server) = (client.unwrap(), server.unwrap());
+        let (client, mut server) = connections(&sa, &sb, 9000).await;
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let sent = data.clone();
         let mut writer = client.writer;
@@ -252,10 +256,9 @@ async fn a_connection_as_a_byte_stream() {
 async fn a_reset_reaches_a_byte_stream_reader_as_an_error() {
     bounded(async {
         let (sa, sb) = pair();
-        let mut l = sb.listen(7001).await.unwrap();
-        let (client, server) = tokio::join!(sa.connect((B, 7001).into()), l.accept());
-        let mut client = ConnStream::from(client.unwrap());
-        server.unwrap().writer.reset().await;
+        let (client, server) = connections(&sa, &sb, 7001).await;
+        let mut client = ConnStream::from(client);
+        server.writer.reset().await;
         let mut buf = vec![];
         let e = client.read_to_end(&mut buf).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::ConnectionReset);
