@@ -8,14 +8,14 @@
 //! other side, so a slow reader closes the TCP window (backpressure). Dropping the writer half
 //! sends FIN (half-close); a reset from the peer reaches the reader as an error.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf as _, Bytes};
-use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::iface::{Config, Interface, PollResult, SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::wire::{HardwareAddress, IpCidr};
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -59,20 +59,91 @@ struct Conn {
     finished: bool,
 }
 
+impl Conn {
+    fn new(phase: Phase) -> Self {
+        Self {
+            phase,
+            to_app: None,
+            from_app: None,
+            pending: None,
+            orphaned_at: None,
+            finished: false,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Listening {
     accepted: mpsc::Sender<Connection>,
-    backlog: Vec<SocketHandle>,
+    /// Slots listening on the port; one that takes a SYN becomes a connection being accepted.
+    backlog: Vec<SlotId>,
+}
+
+type SlotId = u64;
+
+/// A connection as its packets name it: (the node's end, the peer's end).
+type Flow = (SocketAddr, SocketAddr);
+
+/// One TCP socket, in a socket set of its own: smoltcp visits every socket of the set it is
+/// given, on every ingress packet and every egress pass, so with one set for all of them a
+/// round would cost in proportion to every open connection (idle ones kept for reuse too).
+/// Here the driver finds a packet's socket by its flow and runs egress only for sockets that
+/// changed or whose timer is due.
+struct Slot {
+    set: SocketSet<'static>,
+    handle: SocketHandle,
+    /// `None` while the socket listens, in a backlog.
+    conn: Option<Conn>,
+    /// Key in `StackCore::flows`, once the socket has both ends.
+    flow: Option<Flow>,
+    /// When smoltcp wants the socket polled (retransmission, delayed ACK, ...); key in
+    /// `StackCore::timers`.
+    due: Option<smoltcp::time::Instant>,
+    /// In `StackCore::touched`: egress runs for it this round.
+    touched: bool,
+}
+
+impl Slot {
+    fn new(sock: tcp::Socket<'static>, conn: Option<Conn>) -> Self {
+        let mut set = SocketSet::new(Vec::with_capacity(1));
+        let handle = set.add(sock);
+        Self {
+            set,
+            handle,
+            conn,
+            flow: None,
+            due: None,
+            touched: false,
+        }
+    }
+
+    fn socket(&self) -> &tcp::Socket<'static> {
+        self.set.get(self.handle)
+    }
+
+    /// The socket's two ends, once it has them.
+    fn ends(&self) -> Option<Flow> {
+        let s = self.socket();
+        Some((s.local_endpoint()?.into(), s.remote_endpoint()?.into()))
+    }
 }
 
 /// The stack itself, owned by the driver task.
 pub struct StackCore {
     iface: Interface,
-    sockets: SocketSet<'static>,
     /// The packet queues between smoltcp and the WireGuard core.
     pub device: QueueDevice,
-    conns: HashMap<SocketHandle, Conn>,
+    slots: HashMap<SlotId, Slot>,
+    next_slot: SlotId,
+    flows: HashMap<Flow, SlotId>,
     listeners: HashMap<u16, Listening>,
+    timers: BTreeSet<(smoltcp::time::Instant, SlotId)>,
+    touched: Vec<SlotId>,
+    /// Sockets the last round ran egress for.
+    egressed: usize,
+    /// No sockets: packets for no socket go through it, so smoltcp answers them (RST to a
+    /// closed port, echo replies).
+    unmatched: SocketSet<'static>,
     cmds: mpsc::Receiver<Command>,
     wake: Arc<Notify>,
     epoch: Instant,
@@ -82,7 +153,7 @@ pub struct StackCore {
 impl std::fmt::Debug for StackCore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StackCore")
-            .field("conns", &self.conns.len())
+            .field("sockets", &self.slots.len())
             .field("listeners", &self.listeners.len())
             .finish_non_exhaustive()
     }
@@ -104,10 +175,15 @@ impl StackCore {
         let wake = Arc::new(Notify::new());
         let core = Self {
             iface,
-            sockets: SocketSet::new(vec![]),
             device,
-            conns: HashMap::new(),
+            slots: HashMap::new(),
+            next_slot: 0,
+            flows: HashMap::new(),
             listeners: HashMap::new(),
+            timers: BTreeSet::new(),
+            touched: Vec::new(),
+            egressed: 0,
+            unmatched: SocketSet::new(vec![]),
             cmds,
             wake: wake.clone(),
             epoch: now,
@@ -131,25 +207,29 @@ impl StackCore {
     /// and connections, and queues what is to be sent in `device.tx`.
     pub fn poll(&mut self, now: Instant) {
         let ts = self.ts(now);
+        self.iface.poll_maintenance(ts);
         self.commands(now);
-        self.iface.poll(ts, &mut self.device, &mut self.sockets);
+        self.ingress(ts);
         self.refill_listeners();
         self.pump(now);
-        // Send what the pump just wrote (and the window updates for what it read).
-        self.iface.poll(ts, &mut self.device, &mut self.sockets);
+        self.egress(ts);
     }
 
     /// How long until the stack's own timers (retransmission, keepalive, ...) need a poll.
     pub fn poll_delay(&mut self, now: Instant) -> Option<Duration> {
         let ts = self.ts(now);
-        self.iface
-            .poll_delay(ts, &self.sockets)
-            .map(|d| Duration::from_micros(d.total_micros()))
+        let (due, _) = self.timers.first()?;
+        Some(Duration::from_micros((*due - ts.min(*due)).total_micros()))
     }
 
     /// Open TCP sockets (connections and listening backlog).
     pub fn socket_count(&self) -> usize {
-        self.sockets.iter().count()
+        self.slots.len()
+    }
+
+    /// Sockets the last [`poll`](Self::poll) ran smoltcp's egress for.
+    pub fn egressed(&self) -> usize {
+        self.egressed
     }
 
     fn new_socket() -> tcp::Socket<'static> {
@@ -166,6 +246,125 @@ impl StackCore {
         s.set_congestion_control(tcp::CongestionControl::Cubic);
         s.set_timeout(Some(TCP_TIMEOUT.into()));
         s
+    }
+
+    fn add_slot(&mut self, slot: Slot) -> SlotId {
+        let id = self.next_slot;
+        self.next_slot += 1;
+        self.slots.insert(id, slot);
+        id
+    }
+
+    fn remove_slot(&mut self, id: SlotId) {
+        let Some(slot) = self.slots.remove(&id) else {
+            return;
+        };
+        if let Some(flow) = slot.flow {
+            if self.flows.get(&flow) == Some(&id) {
+                self.flows.remove(&flow);
+            }
+        }
+        if let Some(due) = slot.due {
+            self.timers.remove(&(due, id));
+        }
+    }
+
+    /// Marks a slot for this round's egress.
+    fn touch(slots: &mut HashMap<SlotId, Slot>, touched: &mut Vec<SlotId>, id: SlotId) {
+        if let Some(slot) = slots.get_mut(&id) {
+            if !slot.touched {
+                slot.touched = true;
+                touched.push(id);
+            }
+        }
+    }
+
+    /// Every queued packet, each to its own socket's set (or to the empty one).
+    fn ingress(&mut self, ts: smoltcp::time::Instant) {
+        while let Some(packet) = self.device.rx.front() {
+            let id = self.demux(packet);
+            let Some(slot) = id.and_then(|id| self.slots.get_mut(&id)) else {
+                self.iface
+                    .poll_ingress_single(ts, &mut self.device, &mut self.unmatched);
+                continue;
+            };
+            self.iface
+                .poll_ingress_single(ts, &mut self.device, &mut slot.set);
+            let Some(id) = id else { continue };
+            if slot.conn.is_none() && slot.socket().state() != tcp::State::Listen {
+                self.accepting(id);
+            }
+            Self::touch(&mut self.slots, &mut self.touched, id);
+        }
+    }
+
+    /// The slot a packet is for: its flow's, or a listening one for a SYN to a port listened on.
+    fn demux(&self, packet: &[u8]) -> Option<SlotId> {
+        let (flow, syn) = parse_flow(packet)?;
+        if let Some(id) = self.flows.get(&flow) {
+            return Some(*id);
+        }
+        if !syn {
+            return None;
+        }
+        let l = self.listeners.get(&flow.0.port())?;
+        l.backlog.iter().copied().find(|id| {
+            self.slots
+                .get(id)
+                .is_some_and(|s| s.socket().state() == tcp::State::Listen)
+        })
+    }
+
+    /// A listening slot took a SYN: it leaves the backlog and is accepted once established.
+    fn accepting(&mut self, id: SlotId) {
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
+        let Some(flow) = slot.ends() else {
+            return;
+        };
+        let port = flow.0.port();
+        slot.flow = Some(flow);
+        slot.conn = Some(Conn::new(Phase::Accepting(port)));
+        self.flows.insert(flow, id);
+        if let Some(l) = self.listeners.get_mut(&port) {
+            l.backlog.retain(|b| *b != id);
+        }
+    }
+
+    /// smoltcp's egress for the slots touched this round and those whose timer is due; then
+    /// each one's next timer.
+    fn egress(&mut self, ts: smoltcp::time::Instant) {
+        while let Some(&(due, id)) = self.timers.first() {
+            if due > ts {
+                break;
+            }
+            self.timers.pop_first();
+            if let Some(slot) = self.slots.get_mut(&id) {
+                slot.due = None;
+            }
+            Self::touch(&mut self.slots, &mut self.touched, id);
+        }
+        self.egressed = self.touched.len();
+        for id in std::mem::take(&mut self.touched) {
+            let Some(slot) = self.slots.get_mut(&id) else {
+                continue;
+            };
+            slot.touched = false;
+            while self.iface.poll_egress(ts, &mut self.device, &mut slot.set)
+                == PollResult::SocketStateChanged
+            {}
+            let due = self.iface.poll_at(ts, &slot.set);
+            if due != slot.due {
+                if let Some(old) = slot.due {
+                    self.timers.remove(&(old, id));
+                }
+                if let Some(new) = due {
+                    self.timers.insert((new, id));
+                }
+                slot.due = due;
+            }
+        }
     }
 
     fn commands(&mut self, now: Instant) {
@@ -208,12 +407,6 @@ impl StackCore {
     }
 
     fn free_port(&mut self) -> u16 {
-        let used: std::collections::HashSet<u16> = self
-            .conns
-            .keys()
-            .filter_map(|h| self.sockets.get::<tcp::Socket<'_>>(*h).local_endpoint())
-            .map(|e| e.port)
-            .collect();
         loop {
             let p = self.next_port;
             self.next_port = if p >= *EPHEMERAL.end() {
@@ -221,7 +414,7 @@ impl StackCore {
             } else {
                 p + 1
             };
-            if !used.contains(&p) {
+            if !self.flows.keys().any(|(local, _)| local.port() == p) {
                 return p;
             }
         }
@@ -254,32 +447,28 @@ impl StackCore {
             )));
             return;
         }
-        let h = self.sockets.add(sock);
         trace!(%remote, port, "connecting");
-        self.conns.insert(
-            h,
-            Conn {
-                phase: Phase::Connecting(reply),
-                to_app: None,
-                from_app: None,
-                pending: None,
-                orphaned_at: None,
-                finished: false,
-            },
-        );
+        let mut slot = Slot::new(sock, Some(Conn::new(Phase::Connecting(reply))));
+        let flow = slot.ends();
+        slot.flow = flow;
+        let id = self.add_slot(slot);
+        if let Some(flow) = flow {
+            self.flows.insert(flow, id);
+        }
+        Self::touch(&mut self.slots, &mut self.touched, id);
     }
 
     fn drop_listener(&mut self, port: u16) {
         if let Some(l) = self.listeners.remove(&port) {
-            for h in l.backlog {
-                self.sockets.remove(h);
+            for id in l.backlog {
+                self.remove_slot(id);
             }
             debug!(port, "stopped listening on the mesh");
         }
     }
 
-    /// Keeps `BACKLOG` sockets listening on every port; sockets that took a SYN become
-    /// connections being accepted.
+    /// Drops listeners whose application has gone and keeps `BACKLOG` slots listening on every
+    /// other port.
     fn refill_listeners(&mut self) {
         let closed: Vec<u16> = self
             .listeners
@@ -290,55 +479,60 @@ impl StackCore {
         for port in closed {
             self.drop_listener(port);
         }
-        for (port, l) in &mut self.listeners {
-            let mut i = 0;
-            while i < l.backlog.len() {
-                let h = l.backlog[i];
-                if self.sockets.get::<tcp::Socket<'_>>(h).state() == tcp::State::Listen {
-                    i += 1;
-                    continue;
-                }
-                l.backlog.swap_remove(i);
-                self.conns.insert(
-                    h,
-                    Conn {
-                        phase: Phase::Accepting(*port),
-                        to_app: None,
-                        from_app: None,
-                        pending: None,
-                        orphaned_at: None,
-                        finished: false,
-                    },
-                );
-            }
-            while l.backlog.len() < BACKLOG {
-                let mut s = Self::new_socket();
-                if s.listen(*port).is_err() {
+        let ports: Vec<u16> = self
+            .listeners
+            .iter()
+            .filter(|(_, l)| l.backlog.len() < BACKLOG)
+            .map(|(p, _)| *p)
+            .collect();
+        for port in ports {
+            loop {
+                let short = self
+                    .listeners
+                    .get(&port)
+                    .is_some_and(|l| l.backlog.len() < BACKLOG);
+                if !short {
                     break;
                 }
-                l.backlog.push(self.sockets.add(s));
+                let mut s = Self::new_socket();
+                if s.listen(port).is_err() {
+                    break;
+                }
+                let id = self.add_slot(Slot::new(s, None));
+                if let Some(l) = self.listeners.get_mut(&port) {
+                    l.backlog.push(id);
+                }
             }
         }
     }
 
-    /// Moves bytes and state between every socket and its application side.
+    /// Moves bytes and state between every connection's socket and its application side; a
+    /// socket that changed is touched for egress.
     fn pump(&mut self, now: Instant) {
         let mut remove = vec![];
-        for (h, conn) in &mut self.conns {
-            // Finished last round: the interface has since sent its last segment (an RST after
-            // `abort`, say), so the socket can go.
+        for (id, slot) in &mut self.slots {
+            let Some(conn) = slot.conn.as_mut() else {
+                continue;
+            };
+            // Finished last round: its last segment (an RST after `abort`, say) has been sent
+            // since, so the socket can go.
             if conn.finished {
-                remove.push(*h);
+                remove.push(*id);
                 continue;
             }
-            let sock = self.sockets.get_mut::<tcp::Socket<'_>>(*h);
+            let sock = slot.set.get_mut::<tcp::Socket<'_>>(slot.handle);
+            let before = (sock.state(), sock.send_queue(), sock.recv_queue());
             if !Self::pump_one(sock, conn, &self.listeners, &self.wake, now) {
                 conn.finished = true;
             }
+            let after = (sock.state(), sock.send_queue(), sock.recv_queue());
+            if (before != after || conn.finished) && !slot.touched {
+                slot.touched = true;
+                self.touched.push(*id);
+            }
         }
-        for h in remove {
-            self.conns.remove(&h);
-            self.sockets.remove(h);
+        for id in remove {
+            self.remove_slot(id);
         }
     }
 
@@ -527,6 +721,43 @@ impl StackCore {
         }
         true
     }
+}
+
+/// A TCP packet's flow (its destination is the node's end), and whether it is a SYN without ACK
+/// (a connection being opened). `None` for anything else, IPv4 fragments after the first
+/// and IPv6 packets with extension headers included: those go to no socket.
+fn parse_flow(p: &[u8]) -> Option<(Flow, bool)> {
+    let (src, dst, tcp): (IpAddr, IpAddr, &[u8]) = match p.first()? >> 4 {
+        4 => {
+            let ihl = usize::from(p[0] & 0x0f) * 4;
+            let header = p.get(..20)?;
+            let offset = u16::from_be_bytes([header[6], header[7]]) & 0x1fff;
+            if header[9] != 6 || offset != 0 || ihl < 20 {
+                return None;
+            }
+            let src: [u8; 4] = header[12..16].try_into().ok()?;
+            let dst: [u8; 4] = header[16..20].try_into().ok()?;
+            (src.into(), dst.into(), p.get(ihl..)?)
+        }
+        6 => {
+            let header = p.get(..40)?;
+            if header[6] != 6 {
+                return None;
+            }
+            let src: [u8; 16] = header[8..24].try_into().ok()?;
+            let dst: [u8; 16] = header[24..40].try_into().ok()?;
+            (src.into(), dst.into(), &p[40..])
+        }
+        _ => return None,
+    };
+    let tcp = tcp.get(..14)?;
+    let sport = u16::from_be_bytes([tcp[0], tcp[1]]);
+    let dport = u16::from_be_bytes([tcp[2], tcp[3]]);
+    let syn = tcp[13] & 0x12 == 0x02;
+    Some((
+        (SocketAddr::new(dst, dport), SocketAddr::new(src, sport)),
+        syn,
+    ))
 }
 
 #[cfg(test)]

@@ -276,3 +276,118 @@ async fn a_reset_reaches_a_byte_stream_reader_as_an_error() {
     })
     .await;
 }
+
+/// One round of two stacks joined back to back: both poll, then their packets cross.
+fn step(a: &mut StackCore, b: &mut StackCore) {
+    let now = Instant::now();
+    a.poll(now);
+    b.poll(now);
+    while let Some(p) = a.device.tx.pop_front() {
+        b.device.push_rx(&p);
+    }
+    while let Some(p) = b.device.tx.pop_front() {
+        a.device.push_rx(&p);
+    }
+}
+
+#[tokio::test]
+async fn a_round_costs_the_sockets_that_changed_not_every_open_one() {
+    const OPEN: usize = 100;
+    let now = Instant::now();
+    let (mut a, sa) = StackCore::new(A, "fd00::1".parse().unwrap(), 1420, now);
+    let (mut b, sb) = StackCore::new(B, "fd00::2".parse().unwrap(), 1420, now);
+    let servers = tokio::spawn(async move {
+        let mut l = sb.listen(80).await.unwrap();
+        let mut v = vec![];
+        for _ in 0..OPEN {
+            v.push(l.accept().await.unwrap());
+        }
+        v
+    });
+    let clients = tokio::spawn(async move {
+        let mut v = vec![];
+        for _ in 0..OPEN {
+            v.push(sa.connect((B, 80).into()).await.unwrap());
+        }
+        v
+    });
+    for _ in 0..10_000 {
+        if servers.is_finished() && clients.is_finished() {
+            break;
+        }
+        step(&mut a, &mut b);
+        tokio::task::yield_now().await;
+    }
+    let (mut servers, mut clients) = (servers.await.unwrap(), clients.await.unwrap());
+    assert_eq!(a.socket_count(), OPEN);
+    // Until no timer (delayed ACKs of the handshakes, ...) is left to fire.
+    for _ in 0..100 {
+        step(&mut a, &mut b);
+        if a.egressed() == 0 && b.egressed() == 0 && a.poll_delay(Instant::now()).is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        (a.egressed(), b.egressed()),
+        (0, 0),
+        "idle connections were polled"
+    );
+
+    // One request on one of the hundred connections: one socket each side does anything.
+    clients[7]
+        .writer
+        .send(Bytes::from_static(b"GET"))
+        .await
+        .unwrap();
+    step(&mut a, &mut b);
+    assert_eq!(a.egressed(), 1);
+    step(&mut a, &mut b);
+    assert_eq!(b.egressed(), 1);
+    let got = servers[7].reader.recv().await.unwrap().unwrap();
+    assert_eq!(&got[..], b"GET");
+    assert!(clients.iter_mut().all(|c| c.reader.rx.is_empty()));
+}
+
+#[test]
+fn packets_are_matched_to_their_flow() {
+    let v4 = |proto: u8, frag: u16, flags: u8| {
+        let mut p = vec![0u8; 40];
+        p[0] = 0x45;
+        p[6..8].copy_from_slice(&frag.to_be_bytes());
+        p[9] = proto;
+        p[12..16].copy_from_slice(&[100, 64, 0, 9]);
+        p[16..20].copy_from_slice(&A.octets());
+        p[20..22].copy_from_slice(&50000u16.to_be_bytes());
+        p[22..24].copy_from_slice(&80u16.to_be_bytes());
+        p[33] = flags;
+        p
+    };
+    let ours: SocketAddr = (A, 80).into();
+    let theirs: SocketAddr = ([100, 64, 0, 9], 50000).into();
+    assert_eq!(parse_flow(&v4(6, 0, 0x02)), Some(((ours, theirs), true)));
+    assert_eq!(parse_flow(&v4(6, 0, 0x12)), Some(((ours, theirs), false)));
+    assert_eq!(
+        parse_flow(&v4(6, 0x4000, 0x10)),
+        Some(((ours, theirs), false))
+    );
+    assert_eq!(parse_flow(&v4(17, 0, 0)), None, "UDP");
+    assert_eq!(parse_flow(&v4(6, 185, 0x02)), None, "a later fragment");
+    assert_eq!(parse_flow(&v4(6, 0, 0x02)[..33]), None, "cut short");
+    assert_eq!(parse_flow(&[]), None);
+    assert_eq!(parse_flow(&[0x4f; 30]), None);
+
+    let mut v6 = vec![0u8; 60];
+    v6[0] = 0x60;
+    v6[6] = 6;
+    let (src, dst): (Ipv6Addr, Ipv6Addr) = ("fd00::9".parse().unwrap(), "fd00::1".parse().unwrap());
+    v6[8..24].copy_from_slice(&src.octets());
+    v6[24..40].copy_from_slice(&dst.octets());
+    v6[40..42].copy_from_slice(&443u16.to_be_bytes());
+    v6[42..44].copy_from_slice(&8443u16.to_be_bytes());
+    v6[53] = 0x02;
+    let flow = ((dst, 8443).into(), (src, 443).into());
+    assert_eq!(parse_flow(&v6), Some((flow, true)));
+    v6[6] = 0; // a hop-by-hop extension header first
+    assert_eq!(parse_flow(&v6), None);
+}
