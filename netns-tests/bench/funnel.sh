@@ -11,8 +11,10 @@
 # (wrk, curl), node .40 (meshd, nginx on 127.0.0.1:8080).
 #
 # Usage (as root, from anywhere in the repository):
-#   netns-tests/bench/funnel.sh [--duration S] [--connections N] [--firsts N] [--no-build]
+#   netns-tests/bench/funnel.sh [--duration S] [--connections N,M,...] [--firsts N] [--no-build]
 #                               [--edge-tun] [--edge-cpu F] [--hold S] [--append-doc]
+# --connections: wrk's concurrent connections for requests per second, one row each (default 16,64:
+# with 16 the funnel's longer path leaves its edge waiting part of the time, with 64 it is busy).
 # --edge-tun: the edge joins the mesh with a TUN device (`funnel-edge run --tun`) instead of its
 # default userspace stack. (--edge-userspace, the default, is still accepted.)
 # --edge-cpu F: the edge host's processes (funnel-edge, and the direct nginx) get at most F CPUs
@@ -27,7 +29,7 @@ set -euo pipefail
 ORIG_CMD="netns-tests/bench/funnel.sh $*"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 DURATION=10
-CONNS=16
+CONNS=16,64
 FIRSTS=5
 BUILD=1
 APPEND=0
@@ -45,7 +47,7 @@ while [ $# -gt 0 ]; do
         --edge-tun) EDGE_MODE=(--tun); shift ;;
         --edge-cpu) EDGE_CPU="$2"; shift 2 ;;
         --append-doc) APPEND=1; shift ;;
-        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -313,16 +315,18 @@ for size in small.html 1m.bin; do
     for mode in keepalive close; do
         f_url="https://node.bench.example/$size"
         d_url="https://direct.bench.example:9443/$size"
-        log "wrk $size ($mode, $CONNS connections): funnel, direct"
-        read -r f_rps f_edge f_node _ _ < <(wrk_run "$f_url" "$mode" "$CONNS" \
-            "$EDGE_PID" "$NODE_PID $NGINX_NODE_PID")
-        read -r d_rps d_cpu _ _ _ < <(wrk_run "$d_url" "$mode" "$CONNS" "$NGINX_DIRECT_PID" "")
         log "wrk $size ($mode, 1 connection): funnel, direct"
         read -r _ _ _ f_p50 f_p99 < <(wrk_run "$f_url" "$mode" 1 "" "")
         read -r _ _ _ d_p50 d_p99 < <(wrk_run "$d_url" "$mode" 1 "" "")
-        ratio=$(awk -v f="$f_rps" -v d="$d_rps" 'BEGIN { if (d > 0) printf "%.2f", f / d; else print "-" }')
         added=$(awk -v f="$f_p99" -v d="$d_p99" 'BEGIN { printf "%.2f", f - d }')
-        rows+=("| $size, $mode | $f_rps | $d_rps | ${ratio}× | $f_edge + $f_node / $d_cpu | $f_p50 / $f_p99 | $d_p50 / $d_p99 | $added |")
+        for conns in ${CONNS//,/ }; do
+            log "wrk $size ($mode, $conns connections): funnel, direct"
+            read -r f_rps f_edge f_node _ _ < <(wrk_run "$f_url" "$mode" "$conns" \
+                "$EDGE_PID" "$NODE_PID $NGINX_NODE_PID")
+            read -r d_rps d_cpu _ _ _ < <(wrk_run "$d_url" "$mode" "$conns" "$NGINX_DIRECT_PID" "")
+            ratio=$(awk -v f="$f_rps" -v d="$d_rps" 'BEGIN { if (d > 0) printf "%.2f", f / d; else print "-" }')
+            rows+=("| $size, $mode, $conns | $f_rps | $d_rps | ${ratio}× | $f_edge + $f_node / $d_cpu | $f_p50 / $f_p99 | $d_p50 / $d_p99 | $added |")
+        done
     done
 done
 edge_rss=$(awk '/^VmHWM:/ {printf "%.1f MiB", $2 / 1024}' "/proc/$EDGE_PID/status" 2>/dev/null || echo "?")
@@ -333,11 +337,11 @@ report=$(cat <<REPORT
 ### Funnel: $(date -u +%Y-%m-%dT%H:%M:%SZ) @ $commit
 
 $(nproc) CPU${EDGE_CPU:+ (edge host limited to $EDGE_CPU CPU)}, $(uname -r); load average at start $LOAD_START, at end $(cut -d' ' -f1-3 /proc/loadavg);
-wrk -t1 -d${DURATION}s, $CONNS connections for req/s and CPU, 1 for latency; nginx
+wrk -t1 -d${DURATION}s, $CONNS connections (the third column of a row) for req/s and CPU, 1 for latency; nginx
 $(nginx -v 2>&1 | sed 's/.*nginx\///'), one worker each, on the node's 127.0.0.1 and (TLS, HTTP/2) on the edge host.
 Command: \`$ORIG_CMD\`
 
-| request | funnel req/s | direct req/s | funnel / direct | CPU µs per request: funnel edge + node / direct | funnel p50 / p99 ms, 1 connection | direct p50 / p99 ms, 1 connection | p99 added ms |
+| request, connections | funnel req/s | direct req/s | funnel / direct | CPU µs per request: funnel edge + node / direct | funnel p50 / p99 ms, 1 connection | direct p50 / p99 ms, 1 connection | p99 added ms |
 |---|---|---|---|---|---|---|---|
 $(printf '%s\n' "${rows[@]}")
 
