@@ -279,7 +279,13 @@ fn print_status(s: &api::Status) {
     }
     let d = &s.drops;
     println!(
-        "dropped: {} invalid, {} unknown peer, {} spoofed source, {} filtered, {} no route, {} no endpoint",
-        d.invalid_datagram, d.unknown_peer, d.spoofed_source, d.filtered, d.no_route, d.no_endpoint
+        "dropped: {} invalid, {} unknown peer, {} spoofed source, {} filtered, {} no route, {} no endpoint, {} stack queue full",
+        d.invalid_datagram,
+        d.unknown_peer,
+        d.spoofed_source,
+        d.filtered,
+        d.no_route,
+        d.no_endpoint,
+        d.stack_queue_full
     );
 }

@@ -182,6 +182,9 @@ fn files_cross_the_mesh_intact_over_ipv4_and_ipv6() {
     assert!(speed > 2e6, "{speed} bytes/s into the userspace node");
     let sent = serve.path().join("small.bin");
     assert_eq!(sha256(c, out_arg), sha256(b, sent.to_str().unwrap()));
+    // None was lost between the node's socket and its stack (the queue's drops are counted).
+    let s = nc.status();
+    assert_eq!(s["drops"]["stack_queue_full"], 0, "{s}");
 
     // The bytes went through the tunnel: both peers count them, nothing dropped as spoofed.
     let s = na.status();

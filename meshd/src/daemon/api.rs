@@ -106,6 +106,9 @@ pub struct DropCounts {
     pub filtered: u64,
     pub no_route: u64,
     pub no_endpoint: u64,
+    /// Userspace mode: packets for the stack dropped because its queue was full.
+    #[serde(default)]
+    pub stack_queue_full: u64,
 }
 
 /// Binds the socket (0600), replacing a stale one.

@@ -305,6 +305,7 @@ pub(crate) fn snapshot(peers: &Peers, me: &proto::Node, coord_connected: bool) -
             filtered: d.filtered,
             no_route: d.no_route,
             no_endpoint: d.no_endpoint,
+            stack_queue_full: 0,
         },
     }
 }

@@ -40,6 +40,8 @@ pub use stack::StackCore;
 
 /// Batched socket reads per wake-up before the loop looks at its other sources.
 const RECV_ROUNDS: usize = 8;
+/// Packets waiting for the stack above which the driver stops reading its socket.
+const RX_BACKLOG: usize = device::QUEUE / 4;
 const TICK: Duration = Duration::from_millis(100);
 
 /// The core's output: datagrams for the UDP socket (sent in batches after each round, as in TUN
@@ -126,7 +128,13 @@ pub async fn run(
                 };
                 // Batched reads: the socket has receive offload on, so one buffer may hold
                 // several datagrams (a sender's segmentation offload), split here by their size.
+                // Reading stops while the stack has a backlog (it takes it at the top of the
+                // loop): one read can carry hundreds of packets, and what does not fit the
+                // device's queue would be lost while the kernel's socket buffer had room.
                 for _ in 0..RECV_ROUNDS {
+                    if sink.device.rx.len() >= RX_BACKLOG {
+                        break;
+                    }
                     match udp.try_recv(&mut urecv) {
                         Ok(()) => {}
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -147,7 +155,9 @@ pub async fn run(
                 let now = Instant::now();
                 peers.tick(now, &mut sink);
                 pings.expire(now);
-                status.send_replace(snapshot(&peers, &me, *coord_up.borrow()));
+                let mut s = snapshot(&peers, &me, *coord_up.borrow());
+                s.drops.stack_queue_full = core.device.dropped;
+                status.send_replace(s);
             }
             r = control.changed() => {
                 if r.is_err() {
