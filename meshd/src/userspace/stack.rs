@@ -23,6 +23,7 @@ use tracing::{debug, trace};
 
 use super::device::QueueDevice;
 use super::handle::{Command, ConnReader, ConnWriter, Connection, Stack, ToStack, BACKLOG};
+use crate::packet::Transport;
 
 /// Per-socket TCP buffers each way; large enough for window scaling to matter on a LAN.
 const SOCKET_BUFFER: usize = 256 * 1024;
@@ -282,15 +283,16 @@ impl StackCore {
     /// Every queued packet, each to its own socket's set (or to the empty one).
     fn ingress(&mut self, ts: smoltcp::time::Instant) {
         while let Some(packet) = self.device.rx.front() {
-            let id = self.demux(packet);
-            let Some(slot) = id.and_then(|id| self.slots.get_mut(&id)) else {
+            let found = self
+                .demux(packet)
+                .and_then(|id| Some((id, self.slots.get_mut(&id)?)));
+            let Some((id, slot)) = found else {
                 self.iface
                     .poll_ingress_single(ts, &mut self.device, &mut self.unmatched);
                 continue;
             };
             self.iface
                 .poll_ingress_single(ts, &mut self.device, &mut slot.set);
-            let Some(id) = id else { continue };
             if slot.conn.is_none() && slot.socket().state() != tcp::State::Listen {
                 self.accepting(id);
             }
@@ -479,21 +481,14 @@ impl StackCore {
         for port in closed {
             self.drop_listener(port);
         }
-        let ports: Vec<u16> = self
+        let short: Vec<(u16, usize)> = self
             .listeners
             .iter()
-            .filter(|(_, l)| l.backlog.len() < BACKLOG)
-            .map(|(p, _)| *p)
+            .map(|(p, l)| (*p, BACKLOG.saturating_sub(l.backlog.len())))
+            .filter(|(_, n)| *n > 0)
             .collect();
-        for port in ports {
-            loop {
-                let short = self
-                    .listeners
-                    .get(&port)
-                    .is_some_and(|l| l.backlog.len() < BACKLOG);
-                if !short {
-                    break;
-                }
+        for (port, n) in short {
+            for _ in 0..n {
                 let mut s = Self::new_socket();
                 if s.listen(port).is_err() {
                     break;
@@ -723,41 +718,24 @@ impl StackCore {
     }
 }
 
-/// A TCP packet's flow (its destination is the node's end), and whether it is a SYN without ACK
-/// (a connection being opened). `None` for anything else, IPv4 fragments after the first
-/// and IPv6 packets with extension headers included: those go to no socket.
+/// A TCP packet's flow (its destination is the node's end), and whether it opens a connection
+/// (SYN without ACK), read with the data plane's parser. `None` for anything else (later
+/// fragments and malformed packets included): those go to no socket.
 fn parse_flow(p: &[u8]) -> Option<(Flow, bool)> {
-    let (src, dst, tcp): (IpAddr, IpAddr, &[u8]) = match p.first()? >> 4 {
-        4 => {
-            let ihl = usize::from(p[0] & 0x0f) * 4;
-            let header = p.get(..20)?;
-            let offset = u16::from_be_bytes([header[6], header[7]]) & 0x1fff;
-            if header[9] != 6 || offset != 0 || ihl < 20 {
-                return None;
-            }
-            let src: [u8; 4] = header[12..16].try_into().ok()?;
-            let dst: [u8; 4] = header[16..20].try_into().ok()?;
-            (src.into(), dst.into(), p.get(ihl..)?)
-        }
-        6 => {
-            let header = p.get(..40)?;
-            if header[6] != 6 {
-                return None;
-            }
-            let src: [u8; 16] = header[8..24].try_into().ok()?;
-            let dst: [u8; 16] = header[24..40].try_into().ok()?;
-            (src.into(), dst.into(), &p[40..])
-        }
-        _ => return None,
+    let info = crate::packet::parse(p).ok()?;
+    let Transport::Tcp {
+        src_port,
+        dst_port,
+        flags,
+    } = info.transport
+    else {
+        return None;
     };
-    let tcp = tcp.get(..14)?;
-    let sport = u16::from_be_bytes([tcp[0], tcp[1]]);
-    let dport = u16::from_be_bytes([tcp[2], tcp[3]]);
-    let syn = tcp[13] & 0x12 == 0x02;
-    Some((
-        (SocketAddr::new(dst, dport), SocketAddr::new(src, sport)),
-        syn,
-    ))
+    let flow = (
+        SocketAddr::new(info.dst, dst_port),
+        SocketAddr::new(info.src, src_port),
+    );
+    Some((flow, flags.is_initial_syn()))
 }
 
 #[cfg(test)]

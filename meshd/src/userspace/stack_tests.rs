@@ -351,43 +351,32 @@ async fn a_round_costs_the_sockets_that_changed_not_every_open_one() {
 
 #[test]
 fn packets_are_matched_to_their_flow() {
-    let v4 = |proto: u8, frag: u16, flags: u8| {
-        let mut p = vec![0u8; 40];
-        p[0] = 0x45;
-        p[6..8].copy_from_slice(&frag.to_be_bytes());
-        p[9] = proto;
-        p[12..16].copy_from_slice(&[100, 64, 0, 9]);
-        p[16..20].copy_from_slice(&A.octets());
-        p[20..22].copy_from_slice(&50000u16.to_be_bytes());
-        p[22..24].copy_from_slice(&80u16.to_be_bytes());
-        p[33] = flags;
-        p
-    };
+    use crate::packet::{build, TcpFlags};
+    let peer = Ipv4Addr::new(100, 64, 0, 9);
+    let v4 = |flags: TcpFlags| build::tcp_v4(peer, A, 50000, 80, flags, b"");
     let ours: SocketAddr = (A, 80).into();
-    let theirs: SocketAddr = ([100, 64, 0, 9], 50000).into();
-    assert_eq!(parse_flow(&v4(6, 0, 0x02)), Some(((ours, theirs), true)));
-    assert_eq!(parse_flow(&v4(6, 0, 0x12)), Some(((ours, theirs), false)));
-    assert_eq!(
-        parse_flow(&v4(6, 0x4000, 0x10)),
-        Some(((ours, theirs), false))
-    );
-    assert_eq!(parse_flow(&v4(17, 0, 0)), None, "UDP");
-    assert_eq!(parse_flow(&v4(6, 185, 0x02)), None, "a later fragment");
-    assert_eq!(parse_flow(&v4(6, 0, 0x02)[..33]), None, "cut short");
+    let theirs: SocketAddr = (peer, 50000).into();
+    let syn = v4(TcpFlags::SYN);
+    assert_eq!(parse_flow(&syn), Some(((ours, theirs), true)));
+    let syn_ack = v4(TcpFlags::SYN | TcpFlags::ACK);
+    assert_eq!(parse_flow(&syn_ack), Some(((ours, theirs), false)));
+    let mut dont_fragment = v4(TcpFlags::ACK);
+    dont_fragment[6] = 0x40;
+    assert_eq!(parse_flow(&dont_fragment), Some(((ours, theirs), false)));
+    let udp = build::udp_v4(peer, A, 50000, 80, b"");
+    assert_eq!(parse_flow(&udp), None, "UDP");
+    let mut later = syn.clone();
+    later[6..8].copy_from_slice(&185u16.to_be_bytes());
+    assert_eq!(parse_flow(&later), None, "a later fragment");
+    assert_eq!(parse_flow(&syn[..33]), None, "cut short");
     assert_eq!(parse_flow(&[]), None);
     assert_eq!(parse_flow(&[0x4f; 30]), None);
 
-    let mut v6 = vec![0u8; 60];
-    v6[0] = 0x60;
-    v6[6] = 6;
     let (src, dst): (Ipv6Addr, Ipv6Addr) = ("fd00::9".parse().unwrap(), "fd00::1".parse().unwrap());
-    v6[8..24].copy_from_slice(&src.octets());
-    v6[24..40].copy_from_slice(&dst.octets());
-    v6[40..42].copy_from_slice(&443u16.to_be_bytes());
-    v6[42..44].copy_from_slice(&8443u16.to_be_bytes());
-    v6[53] = 0x02;
+    let v6 = build::tcp_v6(src, dst, 443, 8443, TcpFlags::SYN, b"");
     let flow = ((dst, 8443).into(), (src, 443).into());
     assert_eq!(parse_flow(&v6), Some((flow, true)));
-    v6[6] = 0; // a hop-by-hop extension header first
-    assert_eq!(parse_flow(&v6), None);
+    let mut not_tcp = v6;
+    not_tcp[6] = 59; // "no next header"
+    assert_eq!(parse_flow(&not_tcp), None);
 }
