@@ -4,13 +4,13 @@
 //! by index, so a lookup or touch moves nothing and allocates nothing; inserts allocate only
 //! while the table grows toward its bound. Time is passed in.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Instant;
 
 use proto::NodeId;
 
 use crate::packet::Flow;
+use crate::FastMap;
 
 /// A flow as seen from this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -91,7 +91,7 @@ struct Slot {
 /// The bounded flow table.
 #[derive(Debug)]
 pub(super) struct Table {
-    map: HashMap<Key, u32>,
+    map: FastMap<Key, u32>,
     slots: Vec<Slot>,
     /// Most recently used.
     head: u32,
@@ -107,7 +107,7 @@ pub(super) struct Table {
 impl Table {
     pub(super) fn new(max: usize) -> Table {
         Table {
-            map: HashMap::new(),
+            map: FastMap::default(),
             slots: Vec::new(),
             head: NIL,
             tail: NIL,

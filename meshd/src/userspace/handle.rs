@@ -1,18 +1,22 @@
 //! The application side of the userspace stack: [`Stack`], the cloneable handle that opens
 //! ([`Stack::connect`]) and accepts ([`Stack::listen`]) connections, and [`Connection`], a pair of
-//! bounded channels to and from the driver. Each call wakes the driver so it moves bytes on; the
+//! bounded channels to and from the driver. Each call wakes the driver for that connection
+//! ([`ConnWake`]), so a round looks at the connections that asked and not at every open one; the
 //! bounds are the backpressure (a full reader channel closes the TCP window).
 
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf as _, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::PollSender;
+
+use super::stack::SlotId;
 
 /// Listening sockets kept per port, so concurrent SYNs are not refused; also how many accepted
 /// connections may wait for the listener.
@@ -38,11 +42,75 @@ pub(super) enum Command {
     },
 }
 
+/// How applications wake the driver: a [`Notify`], and the connections that asked to be looked
+/// at since the driver last took them.
+#[derive(Debug, Default)]
+pub struct Wakeup {
+    notify: Notify,
+    ready: Mutex<Vec<SlotId>>,
+}
+
+impl Wakeup {
+    /// Wakes the driver (for a command, say) without naming a connection.
+    pub(super) fn notify(&self) {
+        self.notify.notify_one();
+    }
+
+    /// Resolves once something woke the driver since it last waited.
+    pub async fn notified(&self) {
+        self.notify.notified().await;
+    }
+
+    /// Moves the connections that asked into `into`.
+    pub(super) fn take_ready(&self, into: &mut Vec<SlotId>) {
+        let mut ready = self.ready.lock().unwrap_or_else(PoisonError::into_inner);
+        into.append(&mut ready);
+    }
+}
+
+/// One connection's way to wake the driver for it: the connection is listed once until the
+/// driver has looked at it ([`ConnWake::rearm`], before it does).
+#[derive(Debug, Clone)]
+pub(super) struct ConnWake {
+    id: SlotId,
+    asked: Arc<AtomicBool>,
+    wakeup: Arc<Wakeup>,
+}
+
+impl ConnWake {
+    pub(super) fn new(id: SlotId, wakeup: Arc<Wakeup>) -> Self {
+        Self {
+            id,
+            asked: Arc::default(),
+            wakeup,
+        }
+    }
+
+    pub(super) fn wake(&self) {
+        if !self.asked.swap(true, Ordering::AcqRel) {
+            let mut ready = self
+                .wakeup
+                .ready
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            ready.push(self.id);
+            drop(ready);
+            self.wakeup.notify();
+        }
+    }
+
+    /// The driver is about to look at the connection: a wake from now on lists it again. (A swap,
+    /// so that what the application did before its last wake is visible to the driver.)
+    pub(super) fn rearm(&self) {
+        self.asked.swap(false, Ordering::AcqRel);
+    }
+}
+
 /// Handle to the stack, for opening and accepting connections. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Stack {
     pub(super) cmds: mpsc::Sender<Command>,
-    pub(super) wake: Arc<Notify>,
+    pub(super) wake: Arc<Wakeup>,
 }
 
 fn gone() -> io::Error {
@@ -60,7 +128,7 @@ impl Stack {
             .send(Command::Connect { remote, reply })
             .await
             .map_err(|_| gone())?;
-        self.wake.notify_one();
+        self.wake.notify();
         rx.await.map_err(|_| gone())?
     }
 
@@ -77,7 +145,7 @@ impl Stack {
             })
             .await
             .map_err(|_| gone())?;
-        self.wake.notify_one();
+        self.wake.notify();
         rx.await.map_err(|_| gone())??;
         Ok(Listener { port, incoming })
     }
@@ -114,7 +182,7 @@ pub struct Connection {
 #[derive(Debug)]
 pub struct ConnReader {
     pub(super) rx: mpsc::Receiver<io::Result<Bytes>>,
-    pub(super) wake: Arc<Notify>,
+    pub(super) wake: ConnWake,
 }
 
 impl ConnReader {
@@ -122,14 +190,14 @@ impl ConnReader {
     pub async fn recv(&mut self) -> Option<io::Result<Bytes>> {
         let r = self.rx.recv().await;
         // Room in the channel: the driver may read more from the socket.
-        self.wake.notify_one();
+        self.wake.wake();
         r
     }
 }
 
 impl Drop for ConnReader {
     fn drop(&mut self) {
-        self.wake.notify_one();
+        self.wake.wake();
     }
 }
 
@@ -137,7 +205,7 @@ impl Drop for ConnReader {
 #[derive(Debug)]
 pub struct ConnWriter {
     pub(super) tx: mpsc::Sender<ToStack>,
-    pub(super) wake: Arc<Notify>,
+    pub(super) wake: ConnWake,
 }
 
 impl ConnWriter {
@@ -147,7 +215,7 @@ impl ConnWriter {
             return Ok(());
         }
         let r = self.tx.send(ToStack::Data(data)).await;
-        self.wake.notify_one();
+        self.wake.wake();
         r.map_err(|_| peer_closed())
     }
 
@@ -159,7 +227,7 @@ impl ConnWriter {
 
 impl Drop for ConnWriter {
     fn drop(&mut self) {
-        self.wake.notify_one();
+        self.wake.wake();
     }
 }
 
@@ -203,7 +271,7 @@ impl AsyncRead for ConnStream {
         if this.unread.is_empty() {
             let next = ready!(this.reader.rx.poll_recv(cx));
             // Room in the channel: the driver may read more from the socket.
-            this.reader.wake.notify_one();
+            this.reader.wake.wake();
             match next {
                 Some(Ok(chunk)) => this.unread = chunk,
                 Some(Err(e)) => return Poll::Ready(Err(e)),
@@ -232,7 +300,7 @@ impl AsyncWrite for ConnStream {
         this.tx
             .send_item(ToStack::Data(Bytes::copy_from_slice(&buf[..n])))
             .map_err(|_| peer_closed())?;
-        this.reader.wake.notify_one();
+        this.reader.wake.wake();
         Poll::Ready(Ok(n))
     }
 
@@ -244,7 +312,7 @@ impl AsyncWrite for ConnStream {
     fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         // Closing the channel is the FIN, once everything queued has been sent.
         self.tx.close();
-        self.reader.wake.notify_one();
+        self.reader.wake.wake();
         Poll::Ready(Ok(()))
     }
 }

@@ -18,12 +18,15 @@ use bytes::{Buf as _, Bytes};
 use smoltcp::iface::{Config, Interface, PollResult, SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::wire::{HardwareAddress, IpCidr};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, trace};
 
 use super::device::QueueDevice;
-use super::handle::{Command, ConnReader, ConnWriter, Connection, Stack, ToStack, BACKLOG};
+use super::handle::{
+    Command, ConnReader, ConnWake, ConnWriter, Connection, Stack, ToStack, Wakeup, BACKLOG,
+};
 use crate::packet::Transport;
+use crate::FastMap;
 
 /// Per-socket TCP buffers each way; large enough for window scaling to matter on a LAN.
 const SOCKET_BUFFER: usize = 256 * 1024;
@@ -56,6 +59,8 @@ struct Conn {
     /// From the application; `None` once it closed its half (FIN queued) or the peer's did.
     from_app: Option<mpsc::Receiver<ToStack>>,
     pending: Option<Bytes>,
+    /// How the application side wakes the driver for this connection, once it has one.
+    wake: Option<ConnWake>,
     orphaned_at: Option<Instant>,
     finished: bool,
 }
@@ -67,6 +72,7 @@ impl Conn {
             to_app: None,
             from_app: None,
             pending: None,
+            wake: None,
             orphaned_at: None,
             finished: false,
         }
@@ -80,7 +86,7 @@ struct Listening {
     backlog: Vec<SlotId>,
 }
 
-type SlotId = u64;
+pub(super) type SlotId = u64;
 
 /// A connection as its packets name it: (the node's end, the peer's end).
 type Flow = (SocketAddr, SocketAddr);
@@ -102,6 +108,10 @@ struct Slot {
     due: Option<smoltcp::time::Instant>,
     /// In `StackCore::touched`: egress runs for it this round.
     touched: bool,
+    /// The round whose pump looked at it last.
+    pumped_in: u64,
+    /// In `StackCore::lingering`.
+    lingering: bool,
 }
 
 impl Slot {
@@ -115,6 +125,8 @@ impl Slot {
             flow: None,
             due: None,
             touched: false,
+            pumped_in: 0,
+            lingering: false,
         }
     }
 
@@ -134,19 +146,30 @@ pub struct StackCore {
     iface: Interface,
     /// The packet queues between smoltcp and the WireGuard core.
     pub device: QueueDevice,
-    slots: HashMap<SlotId, Slot>,
+    slots: FastMap<SlotId, Slot>,
     next_slot: SlotId,
-    flows: HashMap<Flow, SlotId>,
+    flows: FastMap<Flow, SlotId>,
     listeners: HashMap<u16, Listening>,
     timers: BTreeSet<(smoltcp::time::Instant, SlotId)>,
     touched: Vec<SlotId>,
+    /// Connections for the next round's pump: their last egress changed the socket's state (a
+    /// timeout, say) or finished them.
+    carry: Vec<SlotId>,
+    /// Connections whose application has gone, pumped every round until they close or their
+    /// linger runs out.
+    lingering: Vec<SlotId>,
+    /// Scratch: the connections one pump looks at.
+    work: Vec<SlotId>,
+    round: u64,
     /// Sockets the last round ran egress for.
     egressed: usize,
+    /// Connections the last round's pump looked at.
+    pumped: usize,
     /// No sockets: packets for no socket go through it, so smoltcp answers them (RST to a
     /// closed port, echo replies).
     unmatched: SocketSet<'static>,
     cmds: mpsc::Receiver<Command>,
-    wake: Arc<Notify>,
+    wake: Arc<Wakeup>,
     epoch: Instant,
     next_port: u16,
 }
@@ -173,17 +196,22 @@ impl StackCore {
             let _ = addrs.push(IpCidr::new(IpAddr::V6(ipv6).into(), 48));
         });
         let (tx, cmds) = mpsc::channel(BATCH);
-        let wake = Arc::new(Notify::new());
+        let wake = Arc::new(Wakeup::default());
         let core = Self {
             iface,
             device,
-            slots: HashMap::new(),
+            slots: FastMap::default(),
             next_slot: 0,
-            flows: HashMap::new(),
+            flows: FastMap::default(),
             listeners: HashMap::new(),
             timers: BTreeSet::new(),
             touched: Vec::new(),
+            carry: Vec::new(),
+            lingering: Vec::new(),
+            work: Vec::new(),
+            round: 0,
             egressed: 0,
+            pumped: 0,
             unmatched: SocketSet::new(vec![]),
             cmds,
             wake: wake.clone(),
@@ -194,7 +222,7 @@ impl StackCore {
     }
 
     /// Notified whenever an application did something the driver should look at.
-    pub fn waker(&self) -> Arc<Notify> {
+    pub fn waker(&self) -> Arc<Wakeup> {
         self.wake.clone()
     }
 
@@ -208,16 +236,22 @@ impl StackCore {
     /// and connections, and queues what is to be sent in `device.tx`.
     pub fn poll(&mut self, now: Instant) {
         let ts = self.ts(now);
+        self.round += 1;
         self.iface.poll_maintenance(ts);
         self.commands(now);
         self.ingress(ts);
         self.refill_listeners();
+        self.expire_timers(ts);
         self.pump(now);
         self.egress(ts);
     }
 
-    /// How long until the stack's own timers (retransmission, keepalive, ...) need a poll.
+    /// How long until the stack's own timers (retransmission, keepalive, ...) need a poll; zero
+    /// when connections wait for the next round's pump.
     pub fn poll_delay(&mut self, now: Instant) -> Option<Duration> {
+        if !self.carry.is_empty() {
+            return Some(Duration::ZERO);
+        }
         let ts = self.ts(now);
         let (due, _) = self.timers.first()?;
         Some(Duration::from_micros((*due - ts.min(*due)).total_micros()))
@@ -231,6 +265,11 @@ impl StackCore {
     /// Sockets the last [`poll`](Self::poll) ran smoltcp's egress for.
     pub fn egressed(&self) -> usize {
         self.egressed
+    }
+
+    /// Connections the last [`poll`](Self::poll) moved bytes and state for (or looked at).
+    pub fn pumped(&self) -> usize {
+        self.pumped
     }
 
     fn new_socket() -> tcp::Socket<'static> {
@@ -271,7 +310,7 @@ impl StackCore {
     }
 
     /// Marks a slot for this round's egress.
-    fn touch(slots: &mut HashMap<SlotId, Slot>, touched: &mut Vec<SlotId>, id: SlotId) {
+    fn touch(slots: &mut FastMap<SlotId, Slot>, touched: &mut Vec<SlotId>, id: SlotId) {
         if let Some(slot) = slots.get_mut(&id) {
             if !slot.touched {
                 slot.touched = true;
@@ -334,9 +373,8 @@ impl StackCore {
         }
     }
 
-    /// smoltcp's egress for the slots touched this round and those whose timer is due; then
-    /// each one's next timer.
-    fn egress(&mut self, ts: smoltcp::time::Instant) {
+    /// Touches the slots whose timer is due.
+    fn expire_timers(&mut self, ts: smoltcp::time::Instant) {
         while let Some(&(due, id)) = self.timers.first() {
             if due > ts {
                 break;
@@ -347,15 +385,26 @@ impl StackCore {
             }
             Self::touch(&mut self.slots, &mut self.touched, id);
         }
+    }
+
+    /// smoltcp's egress for the slots touched this round (packets, due timers, the pump); then
+    /// each one's next timer. A connection whose socket changed state here (a timeout) or that
+    /// finished goes to the next round's pump.
+    fn egress(&mut self, ts: smoltcp::time::Instant) {
         self.egressed = self.touched.len();
         for id in std::mem::take(&mut self.touched) {
             let Some(slot) = self.slots.get_mut(&id) else {
                 continue;
             };
             slot.touched = false;
+            let state = slot.socket().state();
             while self.iface.poll_egress(ts, &mut self.device, &mut slot.set)
                 == PollResult::SocketStateChanged
             {}
+            let finished = slot.conn.as_ref().is_some_and(|c| c.finished);
+            if slot.conn.is_some() && (finished || slot.socket().state() != state) {
+                self.carry.push(id);
+            }
             let due = self.iface.poll_at(ts, &slot.set);
             if due != slot.due {
                 if let Some(old) = slot.due {
@@ -501,42 +550,64 @@ impl StackCore {
         }
     }
 
-    /// Moves bytes and state between every connection's socket and its application side; a
-    /// socket that changed is touched for egress.
+    /// Moves bytes and state between sockets and their application sides, for the connections
+    /// that may have something to move: touched this round (packets, a due timer, a new
+    /// connection), woken by their application, carried from the last round's egress, or
+    /// lingering. A socket that changed is touched for egress.
     fn pump(&mut self, now: Instant) {
-        let mut remove = vec![];
-        for (id, slot) in &mut self.slots {
+        let mut work = std::mem::take(&mut self.work);
+        work.extend_from_slice(&self.touched);
+        work.append(&mut self.carry);
+        self.wake.take_ready(&mut work);
+        self.lingering.retain(|id| self.slots.contains_key(id));
+        work.extend_from_slice(&self.lingering);
+        self.pumped = 0;
+        for id in work.drain(..) {
+            let Some(slot) = self.slots.get_mut(&id) else {
+                continue;
+            };
+            if slot.pumped_in == self.round {
+                continue;
+            }
+            slot.pumped_in = self.round;
             let Some(conn) = slot.conn.as_mut() else {
                 continue;
             };
-            // Finished last round: its last segment (an RST after `abort`, say) has been sent
-            // since, so the socket can go.
+            // Finished in an earlier round: its last segment (an RST after `abort`, say) has
+            // been sent since, so the socket can go.
             if conn.finished {
-                remove.push(*id);
+                self.remove_slot(id);
                 continue;
             }
+            if let Some(w) = &conn.wake {
+                w.rearm();
+            }
+            self.pumped += 1;
             let sock = slot.set.get_mut::<tcp::Socket<'_>>(slot.handle);
             let before = (sock.state(), sock.send_queue(), sock.recv_queue());
-            if !Self::pump_one(sock, conn, &self.listeners, &self.wake, now) {
+            if !Self::pump_one(id, sock, conn, &self.listeners, &self.wake, now) {
                 conn.finished = true;
             }
             let after = (sock.state(), sock.send_queue(), sock.recv_queue());
+            if conn.orphaned_at.is_some() && !slot.lingering {
+                slot.lingering = true;
+                self.lingering.push(id);
+            }
             if (before != after || conn.finished) && !slot.touched {
                 slot.touched = true;
-                self.touched.push(*id);
+                self.touched.push(id);
             }
         }
-        for id in remove {
-            self.remove_slot(id);
-        }
+        self.work = work;
     }
 
     /// One connection; false when it is finished and its socket can go.
     fn pump_one(
+        id: SlotId,
         sock: &mut tcp::Socket<'_>,
         conn: &mut Conn,
         listeners: &HashMap<u16, Listening>,
-        wake: &Arc<Notify>,
+        wake: &Arc<Wakeup>,
         now: Instant,
     ) -> bool {
         use tcp::State;
@@ -562,7 +633,7 @@ impl StackCore {
                     conn.phase = Phase::Connecting(reply);
                     return true;
                 }
-                let c = Self::open(sock, conn, wake);
+                let c = Self::open(id, sock, conn, wake);
                 if let Err(Ok(_)) = reply.send(Ok(c)) {
                     sock.abort();
                     return false;
@@ -576,7 +647,7 @@ impl StackCore {
                     conn.phase = Phase::Accepting(port);
                     return true;
                 }
-                let c = Self::open(sock, conn, wake);
+                let c = Self::open(id, sock, conn, wake);
                 let Some(l) = listeners.get(&port) else {
                     sock.abort();
                     return false;
@@ -592,11 +663,13 @@ impl StackCore {
         Self::pump_open(sock, conn, now)
     }
 
-    fn open(sock: &tcp::Socket<'_>, conn: &mut Conn, wake: &Arc<Notify>) -> Connection {
+    fn open(id: SlotId, sock: &tcp::Socket<'_>, conn: &mut Conn, wake: &Arc<Wakeup>) -> Connection {
         let (to_app, rx) = mpsc::channel(CHANNEL);
         let (tx, from_app) = mpsc::channel(CHANNEL);
+        let wake = ConnWake::new(id, wake.clone());
         conn.to_app = Some(to_app);
         conn.from_app = Some(from_app);
+        conn.wake = Some(wake.clone());
         let unspecified = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
         Connection {
             local: sock.local_endpoint().map_or(unspecified, Into::into),
@@ -605,10 +678,7 @@ impl StackCore {
                 rx,
                 wake: wake.clone(),
             },
-            writer: ConnWriter {
-                tx,
-                wake: wake.clone(),
-            },
+            writer: ConnWriter { tx, wake },
         }
     }
 

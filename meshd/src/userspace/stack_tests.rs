@@ -290,23 +290,23 @@ fn step(a: &mut StackCore, b: &mut StackCore) {
     }
 }
 
-#[tokio::test]
-async fn a_round_costs_the_sockets_that_changed_not_every_open_one() {
-    const OPEN: usize = 100;
+/// Two stacks stepped by hand (no link task), and `n` connections from `a` to port 80 of `b`:
+/// (a, b, clients, servers). The listener is gone once they are accepted.
+async fn stepped_pair(n: usize) -> (StackCore, StackCore, Vec<Connection>, Vec<Connection>) {
     let now = Instant::now();
     let (mut a, sa) = StackCore::new(A, "fd00::1".parse().unwrap(), 1420, now);
     let (mut b, sb) = StackCore::new(B, "fd00::2".parse().unwrap(), 1420, now);
     let servers = tokio::spawn(async move {
         let mut l = sb.listen(80).await.unwrap();
         let mut v = vec![];
-        for _ in 0..OPEN {
+        for _ in 0..n {
             v.push(l.accept().await.unwrap());
         }
         v
     });
     let clients = tokio::spawn(async move {
         let mut v = vec![];
-        for _ in 0..OPEN {
+        for _ in 0..n {
             v.push(sa.connect((B, 80).into()).await.unwrap());
         }
         v
@@ -318,7 +318,14 @@ async fn a_round_costs_the_sockets_that_changed_not_every_open_one() {
         step(&mut a, &mut b);
         tokio::task::yield_now().await;
     }
-    let (mut servers, mut clients) = (servers.await.unwrap(), clients.await.unwrap());
+    let (servers, clients) = (servers.await.unwrap(), clients.await.unwrap());
+    (a, b, clients, servers)
+}
+
+#[tokio::test]
+async fn a_round_costs_the_connections_that_changed_not_every_open_one() {
+    const OPEN: usize = 100;
+    let (mut a, mut b, mut clients, mut servers) = stepped_pair(OPEN).await;
     assert_eq!(a.socket_count(), OPEN);
     // Until no timer (delayed ACKs of the handshakes, ...) is left to fire.
     for _ in 0..100 {
@@ -333,20 +340,77 @@ async fn a_round_costs_the_sockets_that_changed_not_every_open_one() {
         (0, 0),
         "idle connections were polled"
     );
+    assert_eq!(
+        (a.pumped(), b.pumped()),
+        (0, 0),
+        "idle connections were pumped"
+    );
 
-    // One request on one of the hundred connections: one socket each side does anything.
+    // One request on one of the hundred connections: one socket each side does anything, and
+    // one connection each side has its bytes moved.
     clients[7]
         .writer
         .send(Bytes::from_static(b"GET"))
         .await
         .unwrap();
     step(&mut a, &mut b);
-    assert_eq!(a.egressed(), 1);
+    assert_eq!((a.pumped(), a.egressed()), (1, 1));
     step(&mut a, &mut b);
-    assert_eq!(b.egressed(), 1);
+    assert_eq!((b.pumped(), b.egressed()), (1, 1));
     let got = servers[7].reader.recv().await.unwrap().unwrap();
     assert_eq!(&got[..], b"GET");
     assert!(clients.iter_mut().all(|c| c.reader.rx.is_empty()));
+
+    // The server read it: only its connection is looked at again (to move more bytes in).
+    step(&mut a, &mut b);
+    assert_eq!(b.pumped(), 1);
+    assert_eq!(a.pumped(), 0);
+}
+
+/// Closed connections give their sockets back, however they end, though a round looks only at
+/// the connections that changed: a finished one is removed in the round after its last segment
+/// went out, which nothing but that segment's own egress asks for.
+#[tokio::test]
+async fn closed_connections_give_their_sockets_back() {
+    let (mut a, mut b, mut clients, mut servers) = stepped_pair(3).await;
+    let settle = |a: &mut StackCore, b: &mut StackCore| {
+        for _ in 0..10 {
+            step(a, b);
+        }
+    };
+    // A client resets while its server holds on and says nothing: the RST is the client
+    // socket's last packet, and nothing comes back to look at it again.
+    clients.remove(1).writer.reset().await;
+    settle(&mut a, &mut b);
+    assert_eq!(a.socket_count(), 2, "a reset connection kept its socket");
+    drop(servers.remove(1));
+    // Both sides close; the client closes and the server reads to the end.
+    drop((clients.remove(0), servers.remove(0)));
+    drop(clients.remove(0));
+    let mut last = servers.remove(0);
+    for _ in 0..1_000 {
+        step(&mut a, &mut b);
+        match last.reader.rx.try_recv() {
+            Ok(_) => continue,
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                tokio::time::sleep(Duration::from_millis(1)).await
+            }
+        }
+    }
+    drop(last);
+    for _ in 0..1_000 {
+        if (a.socket_count(), b.socket_count()) == (0, 0) {
+            break;
+        }
+        step(&mut a, &mut b);
+        if a.poll_delay(Instant::now()) != Some(Duration::ZERO)
+            && b.poll_delay(Instant::now()) != Some(Duration::ZERO)
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    assert_eq!((a.socket_count(), b.socket_count()), (0, 0));
 }
 
 #[test]

@@ -43,6 +43,7 @@ use unrouted::Unrouted;
 use crate::filter::{PacketFilter, Verdict};
 use crate::packet;
 use crate::routes::RouteTable;
+use crate::FastMap;
 
 /// Bytes WireGuard adds to every packet (header 16 + tag 16).
 pub const OVERHEAD: usize = 32;
@@ -82,8 +83,8 @@ pub struct Peers {
     secret: PrivateKey,
     public: PublicKey,
     rate_limiter: Arc<RateLimiter>,
-    peers: HashMap<u32, Peer>,
-    by_key: HashMap<PublicKey, u32>,
+    peers: FastMap<u32, Peer>,
+    by_key: FastMap<PublicKey, u32>,
     routes: RouteTable<u32>,
     filter: PacketFilter,
     next_index: u32,
@@ -128,8 +129,8 @@ impl Peers {
             rate_limiter: Arc::new(RateLimiter::new(&limiter_key, HANDSHAKE_RATE_LIMIT)),
             secret,
             public,
-            peers: HashMap::new(),
-            by_key: HashMap::new(),
+            peers: FastMap::default(),
+            by_key: FastMap::default(),
             routes: RouteTable::default(),
             filter,
             next_index: 1,
