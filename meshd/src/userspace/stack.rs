@@ -110,8 +110,6 @@ struct Slot {
     touched: bool,
     /// The round whose pump looked at it last.
     pumped_in: u64,
-    /// In `StackCore::lingering`.
-    lingering: bool,
 }
 
 impl Slot {
@@ -126,12 +124,19 @@ impl Slot {
             due: None,
             touched: false,
             pumped_in: 0,
-            lingering: false,
         }
     }
 
     fn socket(&self) -> &tcp::Socket<'static> {
         self.set.get(self.handle)
+    }
+
+    /// Marks the slot (`id`) for this round's egress.
+    fn touch(&mut self, id: SlotId, touched: &mut Vec<SlotId>) {
+        if !self.touched {
+            self.touched = true;
+            touched.push(id);
+        }
     }
 
     /// The socket's two ends, once it has them.
@@ -312,10 +317,7 @@ impl StackCore {
     /// Marks a slot for this round's egress.
     fn touch(slots: &mut FastMap<SlotId, Slot>, touched: &mut Vec<SlotId>, id: SlotId) {
         if let Some(slot) = slots.get_mut(&id) {
-            if !slot.touched {
-                slot.touched = true;
-                touched.push(id);
-            }
+            slot.touch(id, touched);
         }
     }
 
@@ -585,17 +587,16 @@ impl StackCore {
             self.pumped += 1;
             let sock = slot.set.get_mut::<tcp::Socket<'_>>(slot.handle);
             let before = (sock.state(), sock.send_queue(), sock.recv_queue());
+            let orphaned = conn.orphaned_at.is_some();
             if !Self::pump_one(id, sock, conn, &self.listeners, &self.wake, now) {
                 conn.finished = true;
             }
             let after = (sock.state(), sock.send_queue(), sock.recv_queue());
-            if conn.orphaned_at.is_some() && !slot.lingering {
-                slot.lingering = true;
+            if !orphaned && conn.orphaned_at.is_some() {
                 self.lingering.push(id);
             }
-            if (before != after || conn.finished) && !slot.touched {
-                slot.touched = true;
-                self.touched.push(id);
+            if before != after || conn.finished {
+                slot.touch(id, &mut self.touched);
             }
         }
         self.work = work;
