@@ -242,6 +242,8 @@ pub struct ConnStream {
     reader: ConnReader,
     /// What is left of the chunk read last.
     unread: Bytes,
+    /// A reset found while filling a read, returned by the next one.
+    failed: Option<io::Error>,
 }
 
 impl From<Connection> for ConnStream {
@@ -253,6 +255,7 @@ impl From<Connection> for ConnStream {
             tx,
             reader: conn.reader,
             unread: Bytes::new(),
+            failed: None,
         }
     }
 }
@@ -269,6 +272,9 @@ impl AsyncRead for ConnStream {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if this.unread.is_empty() {
+            if let Some(e) = this.failed.take() {
+                return Poll::Ready(Err(e));
+            }
             let next = ready!(this.reader.rx.poll_recv(cx));
             // Room in the channel: the driver may read more from the socket.
             this.reader.wake.wake();
@@ -278,9 +284,31 @@ impl AsyncRead for ConnStream {
                 None => return Poll::Ready(Ok(())), // end of stream
             }
         }
-        let n = this.unread.len().min(buf.remaining());
-        buf.put_slice(&this.unread[..n]);
-        this.unread.advance(n);
+        // The caller's buffer takes what is already queued, not one chunk: larger reads (an
+        // HTTP body arrives in larger pieces, and goes out in fewer writes).
+        let mut took = false;
+        loop {
+            let n = this.unread.len().min(buf.remaining());
+            buf.put_slice(&this.unread[..n]);
+            this.unread.advance(n);
+            if buf.remaining() == 0 || !this.unread.is_empty() {
+                break;
+            }
+            match this.reader.rx.try_recv() {
+                Ok(Ok(chunk)) => this.unread = chunk,
+                Ok(Err(e)) => {
+                    // Returned after the bytes that came before it.
+                    this.failed = Some(e);
+                    took = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+            took = true;
+        }
+        if took {
+            this.reader.wake.wake();
+        }
         Poll::Ready(Ok(()))
     }
 }

@@ -277,6 +277,41 @@ async fn a_reset_reaches_a_byte_stream_reader_as_an_error() {
     .await;
 }
 
+#[tokio::test]
+async fn a_byte_stream_read_takes_every_queued_chunk_and_a_reset_after_them() {
+    bounded(async {
+        let (sa, sb) = pair();
+        let (client, mut server) = connections(&sa, &sb, 7002).await;
+        let mut client = ConnStream::from(client);
+        let data: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+        server
+            .writer
+            .send(Bytes::copy_from_slice(&data))
+            .await
+            .unwrap();
+        // Delivered by then, in chunks of at most `CHUNK` bytes.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut buf = vec![0; 64 * 1024];
+        let n = client.read(&mut buf).await.unwrap();
+        assert_eq!(n, data.len(), "one read takes all that is queued");
+        assert!(buf[..n] == data[..]);
+        server
+            .writer
+            .send(Bytes::from_static(b"last"))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        server.writer.reset().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The bytes before the reset first, then the reset.
+        let n = client.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"last");
+        let e = client.read(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionReset);
+    })
+    .await;
+}
+
 /// One round of two stacks joined back to back: both poll, then their packets cross.
 fn step(a: &mut StackCore, b: &mut StackCore) {
     let now = Instant::now();
