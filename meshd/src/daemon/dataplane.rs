@@ -54,19 +54,30 @@ impl Sink for IoSink {
         self.outbox.push(to, datagram);
     }
 
-    fn deliver(&mut self, packet: &[u8]) {
-        if self.pings.intercept(packet, Instant::now()) {
-            return;
-        }
+    fn room(&mut self, len: usize) -> &mut [u8] {
         if self.tun_len == self.tun.len() {
             // Room for a whole merged segment: receive offload only merges packets into a
             // buffer with capacity for the result (and a second offload header).
             self.tun.push(Vec::with_capacity(GRO_CAPACITY));
         }
         let b = &mut self.tun[self.tun_len];
-        b.clear();
-        b.resize(TUN_OFFSET, 0);
-        b.extend_from_slice(packet);
+        // Grown (zeroed) only past what an earlier packet left: most packets are the same size.
+        if b.len() < TUN_OFFSET + len {
+            b.resize(TUN_OFFSET + len, 0);
+        }
+        &mut b[TUN_OFFSET..]
+    }
+
+    fn deliver(&mut self, len: usize) {
+        let b = &mut self.tun[self.tun_len];
+        if self
+            .pings
+            .intercept(&b[TUN_OFFSET..TUN_OFFSET + len], Instant::now())
+        {
+            return;
+        }
+        b.truncate(TUN_OFFSET + len);
+        b[..TUN_OFFSET].fill(0);
         self.tun_len += 1;
     }
 }

@@ -21,13 +21,29 @@ const SPARE: usize = 256;
 /// A queue-backed IP device (no link layer) with the mesh MTU.
 #[derive(Debug)]
 pub struct QueueDevice {
-    pub rx: VecDeque<Vec<u8>>,
+    pub rx: VecDeque<RxPacket>,
     pub tx: VecDeque<Vec<u8>>,
     mtu: usize,
     /// Packets dropped because a queue was full.
     pub dropped: u64,
     rx_spare: Vec<Vec<u8>>,
     tx_spare: Vec<Vec<u8>>,
+    /// Where the next received packet is written ([`QueueDevice::rx_room`]).
+    room: Vec<u8>,
+}
+
+/// A received packet: the first `len` bytes of `buf`. The buffer keeps the largest length it
+/// has had, so reusing it for a bigger packet than its last one does not zero it again.
+#[derive(Debug)]
+pub struct RxPacket {
+    buf: Vec<u8>,
+    len: usize,
+}
+
+impl RxPacket {
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
 }
 
 impl QueueDevice {
@@ -39,19 +55,38 @@ impl QueueDevice {
             dropped: 0,
             rx_spare: Vec::new(),
             tx_spare: Vec::new(),
+            room: Vec::new(),
         }
     }
 
-    /// Queues a packet for the stack; false (and counted) when the queue is full.
+    /// Queues a copy of a packet for the stack; false (and counted) when the queue is full.
     pub fn push_rx(&mut self, packet: &[u8]) -> bool {
+        self.rx_room(packet.len())[..packet.len()].copy_from_slice(packet);
+        self.push_room(packet.len())
+    }
+
+    /// The buffer the next received packet is written into, at least `len` bytes: the
+    /// WireGuard core decrypts into it, and [`push_room`](Self::push_room) queues it.
+    pub fn rx_room(&mut self, len: usize) -> &mut [u8] {
+        if self.room.is_empty() {
+            self.room = self.rx_spare.pop().unwrap_or_default();
+        }
+        if self.room.len() < len {
+            self.room.resize(len, 0);
+        }
+        &mut self.room
+    }
+
+    /// Queues the first `len` bytes of the room for the stack; false (and counted) when the
+    /// queue is full, and the room is written over by the next packet.
+    pub fn push_room(&mut self, len: usize) -> bool {
         if self.rx.len() >= QUEUE {
             self.dropped += 1;
             return false;
         }
-        let mut buf = self.rx_spare.pop().unwrap_or_default();
-        buf.clear();
-        buf.extend_from_slice(packet);
-        self.rx.push_back(buf);
+        let buf = std::mem::take(&mut self.room);
+        let len = len.min(buf.len());
+        self.rx.push_back(RxPacket { buf, len });
         true
     }
 
@@ -75,7 +110,7 @@ impl phy::Device for QueueDevice {
         let packet = self.rx.pop_front()?;
         Some((
             RxToken {
-                buf: packet,
+                packet,
                 spare: &mut self.rx_spare,
             },
             TxToken {
@@ -120,7 +155,7 @@ fn authenticated() -> ChecksumCapabilities {
 
 #[derive(Debug)]
 pub struct RxToken<'a> {
-    buf: Vec<u8>,
+    packet: RxPacket,
     spare: &'a mut Vec<Vec<u8>>,
 }
 
@@ -129,8 +164,8 @@ impl phy::RxToken for RxToken<'_> {
     where
         F: FnOnce(&[u8]) -> R,
     {
-        let r = f(&self.buf);
-        keep_spare(self.spare, self.buf);
+        let r = f(self.packet.bytes());
+        keep_spare(self.spare, self.packet.buf);
         r
     }
 }
@@ -192,12 +227,20 @@ mod tests {
     fn packet_buffers_are_reused() {
         let mut d = QueueDevice::new(1420);
         d.push_rx(&[1; 1400]);
-        let first = d.rx[0].as_ptr();
+        let first = d.rx[0].bytes().as_ptr();
         let (rx, _) = d.receive(Instant::ZERO).unwrap();
         rx.consume(|_| ());
         d.push_rx(&[2; 60]);
-        assert_eq!(d.rx[0].as_ptr(), first);
-        assert_eq!(d.rx[0], vec![2; 60]);
+        assert_eq!(d.rx[0].bytes().as_ptr(), first);
+        assert_eq!(d.rx[0].bytes(), [2; 60]);
+        // Written in place: the room is the buffer that gets queued.
+        let (rx, _) = d.receive(Instant::ZERO).unwrap();
+        rx.consume(|_| ());
+        let room = d.rx_room(1400);
+        assert_eq!(room.as_ptr(), first);
+        room[..3].copy_from_slice(&[4, 5, 6]);
+        assert!(d.push_room(3));
+        assert_eq!(d.rx[0].bytes(), [4, 5, 6]);
 
         d.transmit(Instant::ZERO)
             .unwrap()

@@ -58,11 +58,18 @@ impl Sink for StackSink<'_> {
         self.outbox.push(to, datagram);
     }
 
-    fn deliver(&mut self, packet: &[u8]) {
-        if self.pings.intercept(packet, Instant::now()) {
+    fn room(&mut self, len: usize) -> &mut [u8] {
+        self.device.rx_room(len)
+    }
+
+    fn deliver(&mut self, len: usize) {
+        if self
+            .pings
+            .intercept(&self.device.rx_room(len)[..len], Instant::now())
+        {
             return;
         }
-        self.device.push_rx(packet);
+        self.device.push_room(len);
     }
 }
 
@@ -91,6 +98,13 @@ pub async fn run(
     if let Some(ControlState::Netmap(map)) = initial {
         apply_netmap(&mut peers, &map);
     }
+    // One timer and one wake-up registration for the whole loop, not one of each per round: a
+    // timer moved later is a store (tokio re-files it only when it fires), one moved earlier is
+    // re-filed at once.
+    let timer = tokio::time::sleep(TICK);
+    tokio::pin!(timer);
+    let woken = wake.notified();
+    tokio::pin!(woken);
     loop {
         let now = Instant::now();
         core.poll(now);
@@ -105,6 +119,7 @@ pub async fn run(
         } else {
             Duration::ZERO
         };
+        timer.as_mut().reset(tokio::time::Instant::now() + delay);
         tokio::select! {
             Some(req) = ping_rx.recv() => {
                 let now = Instant::now();
@@ -146,8 +161,8 @@ pub async fn run(
                     }
                 }
             }
-            _ = wake.notified() => {}
-            _ = tokio::time::sleep(delay) => {}
+            () = &mut woken => woken.set(wake.notified()),
+            () = &mut timer => {}
             _ = tick.tick() => {
                 let mut sink = StackSink {
                     outbox: &mut outbox, device: &mut core.device, pings: &mut pings,

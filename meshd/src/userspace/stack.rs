@@ -325,7 +325,7 @@ impl StackCore {
     fn ingress(&mut self, ts: smoltcp::time::Instant) {
         while let Some(packet) = self.device.rx.front() {
             let found = self
-                .demux(packet)
+                .demux(packet.bytes())
                 .and_then(|id| Some((id, self.slots.get_mut(&id)?)));
             let Some((id, slot)) = found else {
                 self.iface

@@ -54,11 +54,19 @@ const HANDSHAKE_RATE_LIMIT: u64 = 200;
 pub const KEEPALIVE_SECS: u16 = 25;
 
 /// Where the core's output goes. The driver implements it over real sockets; tests over queues.
+///
+/// Data packets are decrypted straight into the sink's own buffer (no copy on the way to the
+/// host): the core asks for [`room`](Sink::room), decrypts into it, checks the packet there, and
+/// then calls [`deliver`](Sink::deliver) with its length, or leaves the room to the next packet.
 pub trait Sink {
     /// Send an encrypted datagram.
     fn send_udp(&mut self, to: SocketAddr, datagram: &[u8]);
-    /// Deliver a decrypted, checked packet to the host (TUN device or userspace stack).
-    fn deliver(&mut self, packet: &[u8]);
+    /// The buffer the next packet is decrypted into, at least `len` bytes long. It is the same
+    /// buffer, with its contents, until [`deliver`](Sink::deliver).
+    fn room(&mut self, len: usize) -> &mut [u8];
+    /// Delivers the first `len` bytes of the room to the host (TUN device or userspace stack):
+    /// a decrypted, checked packet.
+    fn deliver(&mut self, len: usize);
 }
 
 /// Why traffic was dropped, counted for `meshd status`.
@@ -117,6 +125,9 @@ impl std::fmt::Debug for Peers {
             .finish_non_exhaustive()
     }
 }
+
+/// The first byte of a WireGuard transport data message (type 4, little endian).
+const DATA_MESSAGE: u8 = 4;
 
 /// Largest datagram handled: a 64 KiB packet plus overhead.
 const BUF: usize = 65_536 + OVERHEAD;
@@ -371,10 +382,59 @@ impl Peers {
             self.drops.invalid_datagram += 1;
             return;
         }
-        let (pkt, src) = match peer
-            .tunn
-            .decapsulate(Some(from.ip()), datagram, &mut self.buf)
-        {
+        if datagram.first() != Some(&DATA_MESSAGE) {
+            Self::handshake(&mut self.drops, &mut self.buf, peer, from, datagram, sink);
+            return;
+        }
+        // A data packet: decrypted into the sink's room, delivered from there.
+        let (len, src) =
+            match peer
+                .tunn
+                .decapsulate(Some(from.ip()), datagram, sink.room(datagram.len()))
+            {
+                TunnResult::WriteToTunnelV4(pkt, src) => (pkt.len(), IpAddr::V4(src)),
+                TunnResult::WriteToTunnelV6(pkt, src) => (pkt.len(), IpAddr::V6(src)),
+                TunnResult::Done => {
+                    peer.roam(from);
+                    return;
+                }
+                TunnResult::Err(e) => {
+                    self.drops.invalid_datagram += 1;
+                    debug!(peer = %peer.node.name, "decapsulate: {e:?}");
+                    return;
+                }
+                TunnResult::WriteToNetwork(out) => {
+                    // Not an answer a data packet gets; sent all the same.
+                    let out = out.to_vec();
+                    sink.send_udp(from, &out);
+                    return;
+                }
+            };
+        Self::inbound(
+            &mut self.drops,
+            &self.routes,
+            &mut self.filter,
+            idx,
+            peer,
+            from,
+            src,
+            now,
+            sink,
+            len,
+        );
+    }
+
+    /// A handshake message (or a cookie reply) from a known peer: answered, and what was held
+    /// back while the handshake was pending is sent.
+    fn handshake(
+        drops: &mut Drops,
+        buf: &mut [u8],
+        peer: &mut Peer,
+        from: SocketAddr,
+        datagram: &[u8],
+        sink: &mut impl Sink,
+    ) {
+        match peer.tunn.decapsulate(Some(from.ip()), datagram, buf) {
             TunnResult::WriteToNetwork(out) => {
                 // A handshake answer, or a cookie when under load. Only an authenticated
                 // handshake moves the endpoint (roaming); cookies go back to the source.
@@ -386,37 +446,20 @@ impl Peers {
                     peer.roam(from);
                 }
                 // Flush packets queued while the handshake was pending.
-                while let TunnResult::WriteToNetwork(out) =
-                    peer.tunn.decapsulate(None, &[], &mut self.buf)
-                {
+                while let TunnResult::WriteToNetwork(out) = peer.tunn.decapsulate(None, &[], buf) {
                     peer.send(out, sink);
                 }
-                return;
             }
-            TunnResult::WriteToTunnelV4(pkt, src) => (pkt, IpAddr::V4(src)),
-            TunnResult::WriteToTunnelV6(pkt, src) => (pkt, IpAddr::V6(src)),
-            TunnResult::Done => {
-                peer.roam(from);
-                return;
-            }
+            TunnResult::Done => peer.roam(from),
             TunnResult::Err(e) => {
-                self.drops.invalid_datagram += 1;
+                drops.invalid_datagram += 1;
                 debug!(peer = %peer.node.name, "decapsulate: {e:?}");
-                return;
             }
-        };
-        Self::inbound(
-            &mut self.drops,
-            &self.routes,
-            &mut self.filter,
-            idx,
-            peer,
-            from,
-            src,
-            now,
-            sink,
-            pkt,
-        );
+            TunnResult::WriteToTunnelV4(..) | TunnResult::WriteToTunnelV6(..) => {
+                // Only data packets carry packets for the host.
+                drops.invalid_datagram += 1;
+            }
+        }
     }
 
     /// A decrypted packet: allowed-IPs check, then the filter, then delivery.
@@ -431,7 +474,7 @@ impl Peers {
         src: IpAddr,
         now: Instant,
         sink: &mut impl Sink,
-        pkt: &[u8],
+        len: usize,
     ) {
         // The datagram authenticated: the peer is at `from` now.
         peer.roam(from);
@@ -440,14 +483,14 @@ impl Peers {
             debug!(peer = %peer.node.name, %src, "dropped: inner source is not the peer's");
             return;
         }
-        let Ok(info) = packet::parse(pkt) else {
+        let Ok(info) = packet::parse(&sink.room(len)[..len]) else {
             drops.filtered += 1;
             return;
         };
         match filter.inbound(&info, &peer.node, now) {
             Verdict::Accept => {
                 peer.rx_packets += 1;
-                sink.deliver(pkt);
+                sink.deliver(len);
             }
             Verdict::Drop(reason) => {
                 drops.filtered += 1;

@@ -19,14 +19,21 @@ use crate::packet::build;
 struct Out {
     sent: Vec<(SocketAddr, Vec<u8>)>,
     delivered: Vec<Vec<u8>>,
+    room: Vec<u8>,
 }
 
 impl Sink for Out {
     fn send_udp(&mut self, to: SocketAddr, datagram: &[u8]) {
         self.sent.push((to, datagram.to_vec()));
     }
-    fn deliver(&mut self, packet: &[u8]) {
-        self.delivered.push(packet.to_vec());
+    fn room(&mut self, len: usize) -> &mut [u8] {
+        if self.room.len() < len {
+            self.room.resize(len, 0);
+        }
+        &mut self.room
+    }
+    fn deliver(&mut self, len: usize) {
+        self.delivered.push(self.room[..len].to_vec());
     }
 }
 
