@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, GetAll, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Version};
 
 use crate::routes::normalize_host;
@@ -120,17 +120,17 @@ pub fn is_upgrade<B>(req: &Request<B>) -> bool {
 }
 
 fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token))
+    lists(&headers.get_all(header::CONNECTION), token)
 }
 
-/// The options the Connection header lists (`keep-alive`, `upgrade`, header names).
-fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(header::CONNECTION)
+/// Whether the Connection header's values list `token` (an option such as `keep-alive` or
+/// `upgrade`, or a header name).
+fn lists(connection: &GetAll<'_, HeaderValue>, token: &str) -> bool {
+    connection
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(str::trim)
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// Removes hop-by-hop headers, including those the Connection header names.
@@ -141,11 +141,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Removes, in one pass over the names, the hop-by-hop headers (those the Connection header
 /// names too) and every header `also` picks. Nothing is allocated when nothing is removed.
 fn remove_where(headers: &mut HeaderMap, also: impl Fn(&str) -> bool) {
+    // Looked up once, not once per name.
+    let connection = headers.get_all(header::CONNECTION);
     let doomed: Vec<HeaderName> = headers
         .keys()
         .filter(|k| {
             let k = k.as_str();
-            HOP_BY_HOP.contains(&k) || also(k) || connection_has(headers, k)
+            HOP_BY_HOP.contains(&k) || also(k) || lists(&connection, k)
         })
         .cloned()
         .collect();
@@ -154,10 +156,18 @@ fn remove_where(headers: &mut HeaderMap, also: impl Fn(&str) -> bool) {
     }
 }
 
+/// The `X-Forwarded-For` value for a client's address (an IPv4-mapped one as IPv4), made once
+/// per connection.
+pub fn forwarded_for(client_ip: IpAddr) -> HeaderValue {
+    HeaderValue::try_from(client_ip.to_canonical().to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
 /// What the proxy knows about a request's origin.
 #[derive(Debug, Clone)]
 pub struct Forwarding<'a> {
-    pub client_ip: IpAddr,
+    /// The client's address, from [`forwarded_for`].
+    pub forwarded_for: &'a HeaderValue,
     /// The Host as the client sent it (already checked against the SNI name).
     pub host: &'a str,
     pub funnel: &'a str,
@@ -189,14 +199,18 @@ pub fn rewrite_request_headers(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
             headers.insert(header::COOKIE, v);
         }
     }
-    set(headers, header::HOST, fwd.host);
-    if let Ok(ip) = HeaderValue::try_from(fwd.client_ip.to_canonical().to_string()) {
-        headers.insert(HeaderName::from_static("x-forwarded-for"), ip);
+    // The Host the client sent is kept as it is (and shared with X-Forwarded-Host, no copy).
+    let host = match headers.get(header::HOST) {
+        Some(h) if h.as_bytes() == fwd.host.as_bytes() => Some(h.clone()),
+        _ => HeaderValue::from_str(fwd.host).ok(),
+    };
+    if let Some(host) = host {
+        headers.insert(header::HOST, host.clone());
+        headers.insert(HeaderName::from_static("x-forwarded-host"), host);
     }
-    set(
-        headers,
-        HeaderName::from_static("x-forwarded-host"),
-        fwd.host,
+    headers.insert(
+        HeaderName::from_static("x-forwarded-for"),
+        fwd.forwarded_for.clone(),
     );
     headers.insert(
         HeaderName::from_static("x-forwarded-proto"),

@@ -106,7 +106,7 @@ fn request_headers_are_rewritten_for_the_node() {
         h.append(k, HeaderValue::from_static(v));
     }
     let fwd = Forwarding {
-        client_ip: IpAddr::V6(Ipv4Addr::new(203, 0, 113, 7).to_ipv6_mapped()),
+        forwarded_for: &forwarded_for(IpAddr::V6(Ipv4Addr::new(203, 0, 113, 7).to_ipv6_mapped())),
         host: "Hello.funnel.example",
         funnel: "hello",
         upgrade: false,
@@ -151,7 +151,7 @@ fn upgrades_keep_their_headers() {
     assert!(is_upgrade(&r));
     let mut h = r.headers().clone();
     let fwd = Forwarding {
-        client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        forwarded_for: &forwarded_for(IpAddr::V4(Ipv4Addr::LOCALHOST)),
         host: SNI,
         funnel: "hello",
         upgrade: true,
@@ -190,5 +190,27 @@ fn only_mesh_like_addresses_are_dialable() {
         IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)),
     ] {
         assert!(!dialable(bad), "{bad}");
+    }
+}
+
+#[test]
+fn host_comes_from_the_checked_name_when_the_request_has_none_or_another() {
+    // HTTP/2 names the host in `:authority`, not in a Host header.
+    for sent in [None, Some("other.funnel.example")] {
+        let mut h = HeaderMap::new();
+        if let Some(v) = sent {
+            h.insert("host", HeaderValue::from_static(v));
+        }
+        let fwd = Forwarding {
+            forwarded_for: &forwarded_for(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+            host: SNI,
+            funnel: "hello",
+            upgrade: false,
+        };
+        rewrite_request_headers(&mut h, &fwd);
+        assert_eq!(h["host"], SNI, "{sent:?}");
+        assert_eq!(h["x-forwarded-host"], SNI, "{sent:?}");
+        assert_eq!(h["x-forwarded-for"], "::1", "{sent:?}");
+        assert_eq!(h.get_all("host").iter().count(), 1, "{sent:?}");
     }
 }

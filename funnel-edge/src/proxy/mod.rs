@@ -101,6 +101,8 @@ pub(crate) struct ConnInfo {
     peer: SocketAddr,
     /// The TLS server name (SNI), as the client sent it.
     sni: String,
+    /// `X-Forwarded-For` for every request of the connection.
+    forwarded_for: http::HeaderValue,
 }
 
 /// Serves the proxy on `listener` until accepting fails for a reason other than a dropped
@@ -177,7 +179,11 @@ async fn connection(shared: Arc<Shared>, acceptor: TlsAcceptor, tcp: TcpStream, 
         return;
     };
     let h2 = server.alpn_protocol() == Some(b"h2");
-    let info = Arc::new(ConnInfo { peer, sni });
+    let info = Arc::new(ConnInfo {
+        peer,
+        sni,
+        forwarded_for: headers::forwarded_for(peer.ip()),
+    });
 
     let activity = Arc::new(Activity::new());
     let io = TokioIo::new(Tracked {
@@ -240,6 +246,10 @@ async fn connection(shared: Arc<Shared>, acceptor: TlsAcceptor, tcp: TcpStream, 
 
 /// Routes one request; every outcome is a response.
 async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) -> Response<Body> {
+    if !tracing::enabled!(tracing::Level::INFO) {
+        // No request log: nothing of the request is copied for it.
+        return route(shared, conn, req).await;
+    }
     let start = Instant::now();
     let method = req.method().clone();
     // The path only: query strings carry tokens.

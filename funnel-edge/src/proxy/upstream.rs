@@ -39,7 +39,7 @@ pub(crate) async fn forward(
     headers::rewrite_request_headers(
         &mut parts.headers,
         &Forwarding {
-            client_ip: conn.peer.ip(),
+            forwarded_for: &conn.forwarded_for,
             host,
             funnel: name,
             upgrade,
