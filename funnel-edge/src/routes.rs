@@ -198,6 +198,11 @@ impl RouteTable {
 /// Lowercases a host name and strips an optional `:port` and one trailing dot. `None` for what
 /// cannot be a DNS name (IPv6 literals, empty, too long).
 pub fn normalize_host(host: &str) -> Option<String> {
+    host_part(host).map(str::to_ascii_lowercase)
+}
+
+/// The host of `host` as [`normalize_host`] takes it (no port, no trailing dot), not lowercased.
+pub fn host_part(host: &str) -> Option<&str> {
     let host = match host.rsplit_once(':') {
         Some((h, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => h,
         Some(_) => return None,
@@ -207,7 +212,7 @@ pub fn normalize_host(host: &str) -> Option<String> {
     if host.is_empty() || host.len() > 253 {
         return None;
     }
-    Some(host.to_ascii_lowercase())
+    Some(host)
 }
 
 /// A funnel name: one lowercase LDH label.

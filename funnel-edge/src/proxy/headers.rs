@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use http::header::{self, GetAll, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Version};
 
-use crate::routes::normalize_host;
+use crate::routes::host_part;
 
 /// Headers that only describe one connection (RFC 9110 §7.6.1, plus the legacy ones).
 const HOP_BY_HOP: [&str; 9] = [
@@ -94,7 +94,7 @@ pub fn check_host<B>(req: &Request<B>, sni: &str) -> Result<String, Reject> {
     let Some(sent) = host_header.or(authority) else {
         return Err(reject(StatusCode::BAD_REQUEST, "Missing Host header."));
     };
-    let want = normalize_host(sni);
+    let want = host_part(sni);
     for h in [host_header, authority].into_iter().flatten() {
         if h.contains('@') {
             return Err(reject(
@@ -102,7 +102,10 @@ pub fn check_host<B>(req: &Request<B>, sni: &str) -> Result<String, Reject> {
                 "User information is not allowed in the host.",
             ));
         }
-        if normalize_host(h).is_none() || normalize_host(h) != want {
+        let same = host_part(h)
+            .zip(want)
+            .is_some_and(|(h, w)| h.eq_ignore_ascii_case(w));
+        if !same {
             return Err(reject(
                 StatusCode::MISDIRECTED_REQUEST,
                 "This connection was set up for a different host name than the request names.",

@@ -282,10 +282,10 @@ async fn route(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) -> Resp
     };
     // Routed from the TLS name, which the request's host was just checked against.
     let lookup = shared.routes.borrow().lookup(&conn.sni, crate::unix_now());
-    let shown = crate::routes::normalize_host(&conn.sni).unwrap_or_default();
+    let shown = || crate::routes::normalize_host(&conn.sni).unwrap_or_default();
     match lookup {
-        Lookup::Unknown => pages::not_found(&shown),
-        Lookup::Expired { .. } => pages::expired(&shown),
+        Lookup::Unknown => pages::not_found(&shown()),
+        Lookup::Expired { .. } => pages::expired(&shown()),
         Lookup::Live { name, node_ip, .. } => {
             upstream::forward(shared, conn, &name, node_ip, &host, req).await
         }

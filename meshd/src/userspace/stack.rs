@@ -394,7 +394,9 @@ impl StackCore {
     /// finished goes to the next round's pump.
     fn egress(&mut self, ts: smoltcp::time::Instant) {
         self.egressed = self.touched.len();
-        for id in std::mem::take(&mut self.touched) {
+        // Taken and given back, so the list keeps its allocation from round to round.
+        let mut touched = std::mem::take(&mut self.touched);
+        for &id in &touched {
             let Some(slot) = self.slots.get_mut(&id) else {
                 continue;
             };
@@ -418,6 +420,8 @@ impl StackCore {
                 slot.due = due;
             }
         }
+        touched.clear();
+        self.touched = touched;
     }
 
     fn commands(&mut self, now: Instant) {
