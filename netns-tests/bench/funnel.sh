@@ -11,10 +11,13 @@
 # (wrk, curl), node .40 (meshd, nginx on 127.0.0.1:8080).
 #
 # Usage (as root, from anywhere in the repository):
-#   netns-tests/bench/funnel.sh [--duration S] [--connections N,M,...] [--firsts N] [--no-build]
-#                               [--edge-tun] [--edge-cpu F] [--hold S] [--append-doc]
+#   netns-tests/bench/funnel.sh [--duration S] [--connections N,M,...] [--rounds N] [--firsts N]
+#                               [--no-build] [--edge-tun] [--edge-cpu F] [--hold S] [--append-doc]
 # --connections: wrk's concurrent connections for requests per second, one row each (default 16,64:
 # with 16 the funnel's longer path leaves its edge waiting part of the time, with 64 it is busy).
+# --rounds N: each requests-per-second row alternates funnel and direct N times (default 3), each
+# run S/N seconds, and reports the means, so that the machine's speed changing during a row (a
+# shared or virtual machine) weighs on both sides alike.
 # --edge-tun: the edge joins the mesh with a TUN device (`funnel-edge run --tun`) instead of its
 # default userspace stack. (--edge-userspace, the default, is still accepted.)
 # --edge-cpu F: the edge host's processes (funnel-edge, and the direct nginx) get at most F CPUs
@@ -30,6 +33,7 @@ ORIG_CMD="netns-tests/bench/funnel.sh $*"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 DURATION=10
 CONNS=16,64
+ROUNDS=3
 FIRSTS=5
 BUILD=1
 APPEND=0
@@ -40,6 +44,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --duration) DURATION="$2"; shift 2 ;;
         --connections) CONNS="$2"; shift 2 ;;
+        --rounds) ROUNDS="$2"; shift 2 ;;
         --firsts) FIRSTS="$2"; shift 2 ;;
         --no-build) BUILD=0; shift ;;
         --hold) HOLD="$2"; shift 2 ;;
@@ -47,7 +52,7 @@ while [ $# -gt 0 ]; do
         --edge-tun) EDGE_MODE=(--tun); shift ;;
         --edge-cpu) EDGE_CPU="$2"; shift 2 ;;
         --append-doc) APPEND=1; shift ;;
-        -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -287,12 +292,12 @@ cpu_ticks() {  # cpu_ticks PID...: user + system ticks of these processes and th
 # wrk_run URL MODE CONNS "PIDS_A" "PIDS_B": "rps cpu_a_us cpu_b_us p50_ms p99_ms", the CPU
 # times per completed request of two groups of processes (A on the edge host, B on the node).
 wrk_run() {
-    local url="$1" mode="$2" conns="$3" a="$4" b="$5" extra=()
+    local url="$1" mode="$2" conns="$3" a="$4" b="$5" extra=() secs="${RUN_SECS:-$DURATION}"
     [ "$mode" = close ] && extra=(-H "Connection: close")
     local out a0 b0 a1 b1
     # shellcheck disable=SC2086 # PID lists
     { a0=$(cpu_ticks $a); b0=$(cpu_ticks $b); }
-    out=$(in_ns client wrk -t1 -c"$conns" -d"${DURATION}s" --timeout 30s --latency "${extra[@]}" "$url" 2>&1)
+    out=$(in_ns client wrk -t1 -c"$conns" -d"${secs}s" --timeout 30s --latency "${extra[@]}" "$url" 2>&1)
     # shellcheck disable=SC2086
     { a1=$(cpu_ticks $a); b1=$(cpu_ticks $b); }
     printf '== %s %s c%s\n%s\n' "$url" "$mode" "$conns" "$out" >>"$WORK/wrk.log"
@@ -307,6 +312,31 @@ wrk_run() {
 per_request() {  # per_request TICKS REQUESTS: microseconds
     awk -v d="$1" -v n="${2:-0}" -v hz="$TCK" \
         'BEGIN { if (n > 0) printf "%.0f", d * 1e6 / hz / n; else print "-" }'
+}
+# alternating URL_F URL_D MODE CONNS: "f_rps f_edge f_node d_rps d_cpu", means over ROUNDS runs
+# of each, funnel and direct in turn (the first of a pair alternates too); CPU per request is
+# weighted by requests per second (the runs are of equal length).
+alternating() {
+    local f_url="$1" d_url="$2" mode="$3" conns="$4" i f d out=""
+    local RUN_SECS=$(( DURATION / ROUNDS > 0 ? DURATION / ROUNDS : 1 ))
+    for ((i = 0; i < ROUNDS; i++)); do
+        if ((i % 2 == 0)); then
+            f=$(wrk_run "$f_url" "$mode" "$conns" "$EDGE_PID" "$NODE_PID $NGINX_NODE_PID")
+            d=$(wrk_run "$d_url" "$mode" "$conns" "$NGINX_DIRECT_PID" "")
+        else
+            d=$(wrk_run "$d_url" "$mode" "$conns" "$NGINX_DIRECT_PID" "")
+            f=$(wrk_run "$f_url" "$mode" "$conns" "$EDGE_PID" "$NODE_PID $NGINX_NODE_PID")
+        fi
+        out+="$f $d"$'\n'
+    done
+    printf '%s' "$out" | awk '
+        function num(v) { return v == "-" ? 0 : v }
+        { fr += $1; fe += $1 * num($2); fn += $1 * num($3); dr += $6; dc += $6 * num($7); n++ }
+        END {
+            if (n == 0) { print "0 - - 0 -"; exit }
+            printf "%.2f %s %s %.2f %s\n", fr / n, (fr > 0 ? sprintf("%.0f", fe / fr) : "-"),
+                (fr > 0 ? sprintf("%.0f", fn / fr) : "-"), dr / n, (dr > 0 ? sprintf("%.0f", dc / dr) : "-")
+        }'
 }
 to_ms() {  # wrk prints 812.00us, 1.23ms, 2.01s
     awk -v v="$1" 'BEGIN {
@@ -326,9 +356,7 @@ for size in small.html 1m.bin; do
         added=$(awk -v f="$f_p99" -v d="$d_p99" 'BEGIN { printf "%.2f", f - d }')
         for conns in ${CONNS//,/ }; do
             log "wrk $size ($mode, $conns connections): funnel, direct"
-            read -r f_rps f_edge f_node _ _ < <(wrk_run "$f_url" "$mode" "$conns" \
-                "$EDGE_PID" "$NODE_PID $NGINX_NODE_PID")
-            read -r d_rps d_cpu _ _ _ < <(wrk_run "$d_url" "$mode" "$conns" "$NGINX_DIRECT_PID" "")
+            read -r f_rps f_edge f_node d_rps d_cpu < <(alternating "$f_url" "$d_url" "$mode" "$conns")
             ratio=$(awk -v f="$f_rps" -v d="$d_rps" 'BEGIN { if (d > 0) printf "%.2f", f / d; else print "-" }')
             rows+=("| $size, $mode, $conns | $f_rps | $d_rps | ${ratio}× | $f_edge + $f_node / $d_cpu | $f_p50 / $f_p99 | $d_p50 / $d_p99 | $added |")
         done
@@ -342,7 +370,7 @@ report=$(cat <<REPORT
 ### Funnel: $(date -u +%Y-%m-%dT%H:%M:%SZ) @ $commit
 
 $(nproc) CPU${EDGE_CPU:+ (edge host limited to $EDGE_CPU CPU, 10 ms quota period)}, $(uname -r); load average at start $LOAD_START, at end $(cut -d' ' -f1-3 /proc/loadavg);
-wrk -t1 -d${DURATION}s, $CONNS connections (the third column of a row) for req/s and CPU, 1 for latency; nginx
+wrk -t1, $CONNS connections (the third column of a row) for req/s and CPU: means of $ROUNDS runs of $(( DURATION / ROUNDS > 0 ? DURATION / ROUNDS : 1 )) s each, funnel and direct alternating; 1 connection for ${DURATION} s for latency; nginx
 $(nginx -v 2>&1 | sed 's/.*nginx\///'), one worker each, on the node's 127.0.0.1 and (TLS, HTTP/2) on the edge host.
 Command: \`$ORIG_CMD\`
 
