@@ -15,9 +15,10 @@
 #                               [--no-build] [--edge-tun] [--edge-cpu F] [--hold S] [--append-doc]
 # --connections: wrk's concurrent connections for requests per second, one row each (default 16,64:
 # with 16 the funnel's longer path leaves its edge waiting part of the time, with 64 it is busy).
-# --rounds N: each requests-per-second row alternates funnel and direct N times (default 3), each
+# --rounds N: each requests-per-second row alternates funnel and direct N times (default 1), each
 # run S/N seconds, and reports the means, so that the machine's speed changing during a row (a
-# shared or virtual machine) weighs on both sides alike.
+# shared or virtual machine) weighs on both sides alike. Each run starts all its connections
+# anew, so short runs weigh the start of a burst more (see docs/BENCHMARKS.md).
 # --edge-tun: the edge joins the mesh with a TUN device (`funnel-edge run --tun`) instead of its
 # default userspace stack. (--edge-userspace, the default, is still accepted.)
 # --edge-cpu F: the edge host's processes (funnel-edge, and the direct nginx) get at most F CPUs
@@ -33,7 +34,7 @@ ORIG_CMD="netns-tests/bench/funnel.sh $*"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 DURATION=10
 CONNS=16,64
-ROUNDS=3
+ROUNDS=1
 FIRSTS=5
 BUILD=1
 APPEND=0
@@ -366,11 +367,16 @@ edge_rss=$(awk '/^VmHWM:/ {printf "%.1f MiB", $2 / 1024}' "/proc/$EDGE_PID/statu
 node_rss=$(awk '/^VmHWM:/ {printf "%.1f MiB", $2 / 1024}' "/proc/$NODE_PID/status" 2>/dev/null || echo "?")
 
 commit=$(cd "$REPO" && git rev-parse --short HEAD)$(cd "$REPO" && git diff --quiet || echo "+dirty")
+if [ "$ROUNDS" = 1 ]; then
+    WRK_LINE="wrk -t1 -d${DURATION}s, $CONNS connections (the third column of a row) for req/s and CPU, 1 for latency"
+else
+    WRK_LINE="wrk -t1, $CONNS connections (the third column of a row) for req/s and CPU: means of $ROUNDS runs of $(( DURATION / ROUNDS > 0 ? DURATION / ROUNDS : 1 )) s each, funnel and direct alternating; 1 connection for ${DURATION} s for latency"
+fi
 report=$(cat <<REPORT
 ### Funnel: $(date -u +%Y-%m-%dT%H:%M:%SZ) @ $commit
 
 $(nproc) CPU${EDGE_CPU:+ (edge host limited to $EDGE_CPU CPU, 10 ms quota period)}, $(uname -r); load average at start $LOAD_START, at end $(cut -d' ' -f1-3 /proc/loadavg);
-wrk -t1, $CONNS connections (the third column of a row) for req/s and CPU: means of $ROUNDS runs of $(( DURATION / ROUNDS > 0 ? DURATION / ROUNDS : 1 )) s each, funnel and direct alternating; 1 connection for ${DURATION} s for latency; nginx
+$WRK_LINE; nginx
 $(nginx -v 2>&1 | sed 's/.*nginx\///'), one worker each, on the node's 127.0.0.1 and (TLS, HTTP/2) on the edge host.
 Command: \`$ORIG_CMD\`
 
