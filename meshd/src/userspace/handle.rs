@@ -294,17 +294,18 @@ impl AsyncRead for ConnStream {
             if buf.remaining() == 0 || !this.unread.is_empty() {
                 break;
             }
-            match this.reader.rx.try_recv() {
-                Ok(Ok(chunk)) => this.unread = chunk,
-                Ok(Err(e)) => {
+            let Ok(next) = this.reader.rx.try_recv() else {
+                break;
+            };
+            took = true;
+            match next {
+                Ok(chunk) => this.unread = chunk,
+                Err(e) => {
                     // Returned after the bytes that came before it.
                     this.failed = Some(e);
-                    took = true;
                     break;
                 }
-                Err(_) => break,
             }
-            took = true;
         }
         if took {
             this.reader.wake.wake();
