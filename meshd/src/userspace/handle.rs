@@ -1,33 +1,27 @@
 //! The application side of the userspace stack: [`Stack`], the cloneable handle that opens
-//! ([`Stack::connect`]) and accepts ([`Stack::listen`]) connections, and [`Connection`], a pair of
-//! bounded channels to and from the driver. Each call wakes the driver for that connection
-//! ([`ConnWake`]), so a round looks at the connections that asked and not at every open one; the
-//! bounds are the backpressure (a full reader channel closes the TCP window).
+//! ([`Stack::connect`]) and accepts ([`Stack::listen`]) connections, and [`Connection`], whose
+//! halves read from and write into the connection's socket itself ([`SharedSocket`]). Each read
+//! or write that changed the socket wakes the driver for that connection ([`ConnWake`]), so a
+//! round looks at the connections that asked and not at every open one; the socket's buffers are
+//! the backpressure (unread bytes close the TCP window, unsent ones make writes wait).
 
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
-use bytes::{Buf as _, Bytes};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, oneshot, Notify};
-use tokio_util::sync::PollSender;
 
-use super::stack::SlotId;
+use super::socket::{Read, SharedSocket};
+use super::stack::{SlotId, CHUNK};
 
 /// Listening sockets kept per port, so concurrent SYNs are not refused; also how many accepted
 /// connections may wait for the listener.
 pub(super) const BACKLOG: usize = 8;
-
-/// What an application writes into a connection.
-#[derive(Debug)]
-pub(super) enum ToStack {
-    Data(Bytes),
-    Reset,
-}
 
 #[derive(Debug)]
 pub(super) enum Command {
@@ -178,25 +172,73 @@ pub struct Connection {
     pub writer: ConnWriter,
 }
 
-/// Bytes from the peer. `None` is end of stream (the peer sent FIN).
+fn reset() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionReset,
+        "connection reset by the peer",
+    )
+}
+
+fn peer_closed() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "connection closed by the peer")
+}
+
+/// Bytes from the peer: end of stream once the peer sent FIN and every byte before it was read.
 #[derive(Debug)]
 pub struct ConnReader {
-    pub(super) rx: mpsc::Receiver<io::Result<Bytes>>,
+    pub(super) sock: Arc<SharedSocket>,
     pub(super) wake: ConnWake,
 }
 
 impl ConnReader {
-    /// The next chunk, `None` at end of stream, or an error if the connection was reset.
+    /// Reads what is queued into `buf` (as much as it has room for); an empty read at the end of
+    /// the stream, an error if the connection was reset.
+    pub fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let mut st = self.sock.lock();
+        match st.read(buf) {
+            Read::Data { reopens: true, .. } => {
+                drop(st);
+                self.wake.wake();
+                Poll::Ready(Ok(()))
+            }
+            Read::Data { .. } | Read::End => Poll::Ready(Ok(())),
+            Read::Reset => Poll::Ready(Err(reset())),
+            Read::Empty => {
+                st.socket().register_recv_waker(cx.waker());
+                Poll::Pending
+            }
+        }
+    }
+
+    /// The next bytes (at most [`CHUNK`]), `None` at end of stream, or an error if the
+    /// connection was reset.
     pub async fn recv(&mut self) -> Option<io::Result<Bytes>> {
-        let r = self.rx.recv().await;
-        // Room in the channel: the driver may read more from the socket.
-        self.wake.wake();
-        r
+        let mut chunk = BytesMut::with_capacity(CHUNK);
+        match self.read_buf(&mut chunk).await {
+            Ok(0) => None,
+            Ok(_) => Some(Ok(chunk.freeze())),
+            Err(e) => Some(Err(e)),
+        }
+    }
+}
+
+impl AsyncRead for ConnReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        ConnReader::poll_read(&mut self, cx, buf)
     }
 }
 
 impl Drop for ConnReader {
     fn drop(&mut self) {
+        self.sock.lock().reader_gone = true;
         self.wake.wake();
     }
 }
@@ -204,64 +246,84 @@ impl Drop for ConnReader {
 /// Bytes to the peer. Dropping it sends FIN once everything written has been sent.
 #[derive(Debug)]
 pub struct ConnWriter {
-    pub(super) tx: mpsc::Sender<ToStack>,
+    pub(super) sock: Arc<SharedSocket>,
     pub(super) wake: ConnWake,
 }
 
 impl ConnWriter {
-    /// Queues `data`; waits while the connection's buffers are full.
-    pub async fn send(&mut self, data: Bytes) -> io::Result<()> {
-        if data.is_empty() {
-            return Ok(());
+    /// Queues as much of `buf` as the socket has room for; waits while it has none, fails once
+    /// the connection cannot send any more (reset, or this side closed).
+    pub fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
         }
-        let r = self.tx.send(ToStack::Data(data)).await;
+        let mut st = self.sock.lock();
+        let sock = st.socket();
+        if !sock.may_send() {
+            return Poll::Ready(Err(peer_closed()));
+        }
+        match sock.send_slice(buf) {
+            Ok(0) => {
+                sock.register_send_waker(cx.waker());
+                Poll::Pending
+            }
+            Ok(n) => {
+                drop(st);
+                self.wake.wake();
+                Poll::Ready(Ok(n))
+            }
+            Err(_) => Poll::Ready(Err(peer_closed())),
+        }
+    }
+
+    /// Queues all of `data`; waits while the socket's buffer is full.
+    pub async fn send(&mut self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            let n = std::future::poll_fn(|cx| self.poll_write(cx, data)).await?;
+            data = &data[n..];
+        }
+        Ok(())
+    }
+
+    /// Sends FIN after what was written; the read half stays open.
+    pub fn close(&mut self) {
+        self.sock.lock().socket().close();
         self.wake.wake();
-        r.map_err(|_| peer_closed())
     }
 
     /// Aborts the connection (RST), discarding anything not yet sent.
-    pub async fn reset(self) {
-        let _ = self.tx.send(ToStack::Reset).await;
+    pub fn reset(self) {
+        self.sock.lock().socket().abort();
     }
 }
 
 impl Drop for ConnWriter {
     fn drop(&mut self) {
+        let mut st = self.sock.lock();
+        st.writer_gone = true;
+        // FIN after what was written (nothing, after a reset: the socket is closed).
+        st.socket().close();
+        drop(st);
         self.wake.wake();
     }
 }
 
 /// A [`Connection`] as an ordinary byte stream, for code written against `AsyncRead` and
-/// `AsyncWrite` (the edge's HTTP client, the funnel ingress). Reads take the chunks the driver
-/// queued and writes queue chunks for it, each waking it, with no task or buffer in between;
-/// shutting down the write half sends FIN, dropping the stream closes both halves.
+/// `AsyncWrite` (the edge's HTTP client, the funnel ingress). Shutting down the write half sends
+/// FIN; dropping the stream closes both halves.
 #[derive(Debug)]
 pub struct ConnStream {
-    // Fields drop in order: the write half closes before the reader's drop wakes the driver.
-    tx: PollSender<ToStack>,
     reader: ConnReader,
-    /// What is left of the chunk read last.
-    unread: Bytes,
-    /// A reset found while filling a read, returned by the next one.
-    failed: Option<io::Error>,
+    writer: ConnWriter,
 }
 
 impl From<Connection> for ConnStream {
     fn from(conn: Connection) -> Self {
-        let tx = PollSender::new(conn.writer.tx.clone());
-        // The stream's sender keeps the write half open; `conn.writer` itself goes.
-        drop(conn.writer);
         Self {
-            tx,
             reader: conn.reader,
-            unread: Bytes::new(),
-            failed: None,
+            writer: conn.writer,
         }
     }
-}
-
-fn peer_closed() -> io::Error {
-    io::Error::new(io::ErrorKind::BrokenPipe, "connection closed by the peer")
 }
 
 impl AsyncRead for ConnStream {
@@ -270,47 +332,7 @@ impl AsyncRead for ConnStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        if this.unread.is_empty() {
-            if let Some(e) = this.failed.take() {
-                return Poll::Ready(Err(e));
-            }
-            let next = ready!(this.reader.rx.poll_recv(cx));
-            // Room in the channel: the driver may read more from the socket.
-            this.reader.wake.wake();
-            match next {
-                Some(Ok(chunk)) => this.unread = chunk,
-                Some(Err(e)) => return Poll::Ready(Err(e)),
-                None => return Poll::Ready(Ok(())), // end of stream
-            }
-        }
-        // The caller's buffer takes what is already queued, not one chunk: larger reads (an
-        // HTTP body arrives in larger pieces, and goes out in fewer writes).
-        let mut took = false;
-        loop {
-            let n = this.unread.len().min(buf.remaining());
-            buf.put_slice(&this.unread[..n]);
-            this.unread.advance(n);
-            if buf.remaining() == 0 || !this.unread.is_empty() {
-                break;
-            }
-            let Ok(next) = this.reader.rx.try_recv() else {
-                break;
-            };
-            took = true;
-            match next {
-                Ok(chunk) => this.unread = chunk,
-                Err(e) => {
-                    // Returned after the bytes that came before it.
-                    this.failed = Some(e);
-                    break;
-                }
-            }
-        }
-        if took {
-            this.reader.wake.wake();
-        }
-        Poll::Ready(Ok(()))
+        self.reader.poll_read(cx, buf)
     }
 }
 
@@ -320,28 +342,16 @@ impl AsyncWrite for ConnStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if buf.is_empty() {
-            return Poll::Ready(Ok(0));
-        }
-        let this = &mut *self;
-        ready!(this.tx.poll_reserve(cx)).map_err(|_| peer_closed())?;
-        let n = buf.len().min(super::stack::CHUNK);
-        this.tx
-            .send_item(ToStack::Data(Bytes::copy_from_slice(&buf[..n])))
-            .map_err(|_| peer_closed())?;
-        this.reader.wake.wake();
-        Poll::Ready(Ok(n))
+        self.writer.poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // Every write is already queued for the driver.
+        // Every write is already in the socket, for the driver to send.
         Poll::Ready(Ok(()))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // Closing the channel is the FIN, once everything queued has been sent.
-        self.tx.close();
-        self.reader.wake.wake();
+        self.writer.close();
         Poll::Ready(Ok(()))
     }
 }

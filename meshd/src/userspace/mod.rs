@@ -13,6 +13,7 @@
 
 pub mod device;
 pub mod handle;
+mod socket;
 pub mod socks5;
 pub mod stack;
 
@@ -21,7 +22,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
@@ -272,26 +272,21 @@ where
     } = conn;
     let (mut r, mut w) = tokio::io::split(local);
     let up = async {
-        if !early.is_empty() {
-            writer.send(early.into()).await?;
-        }
-        let mut buf = BytesMut::with_capacity(stack::CHUNK);
+        writer.send(&early).await?;
+        let mut buf = vec![0; stack::CHUNK];
         loop {
-            buf.reserve(stack::CHUNK);
-            match r.read_buf(&mut buf).await {
+            match r.read(&mut buf).await {
                 Ok(0) => return Ok(()), // dropping `writer` sends FIN
-                Ok(_) => writer.send(buf.split().freeze()).await?,
+                Ok(n) => writer.send(&buf[..n]).await?,
                 Err(e) => {
-                    writer.reset().await;
+                    writer.reset();
                     return Err(e);
                 }
             }
         }
     };
     let down = async {
-        while let Some(chunk) = reader.recv().await {
-            w.write_all(&chunk?).await?;
-        }
+        tokio::io::copy(&mut reader, &mut w).await?;
         w.shutdown().await
     };
     tokio::pin!(up, down);
@@ -328,11 +323,11 @@ pub async fn serve_tcp(stack: Stack, mesh_port: u16, local: SocketAddr) -> io::R
                 }
                 Ok(Err(e)) => {
                     warn!(%local, "serve-tcp: local service: {e}");
-                    conn.writer.reset().await;
+                    conn.writer.reset();
                 }
                 Err(_) => {
                     warn!(%local, "serve-tcp: local service did not answer");
-                    conn.writer.reset().await;
+                    conn.writer.reset();
                 }
             }
         });

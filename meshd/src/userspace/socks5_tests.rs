@@ -186,7 +186,6 @@ mod through_the_stack {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use bytes::Bytes;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
 
@@ -244,7 +243,7 @@ mod through_the_stack {
                 }
                 // The client's FIN arrived; our direction is still open.
                 let answer = format!("got {n} bytes");
-                c.writer.send(Bytes::from(answer)).await.unwrap();
+                c.writer.send(answer.as_bytes()).await.unwrap();
             });
             let (mut c, code) = request(proxy, &by_name("nodeb.mesh.internal", 80)).await;
             assert_eq!(code, Reply::Succeeded as u8);
@@ -274,7 +273,7 @@ mod through_the_stack {
             let mut l = sb.listen(82).await.unwrap();
             tokio::spawn(async move {
                 let c = l.accept().await.unwrap();
-                c.writer.reset().await;
+                c.writer.reset();
             });
             let (mut c, code) = request(proxy, &by_name("nodeb", 82)).await;
             assert_eq!(code, Reply::Succeeded as u8);

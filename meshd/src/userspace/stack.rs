@@ -3,10 +3,10 @@
 //!
 //! [`StackCore`] is owned by the driver task and never blocks: the driver calls
 //! [`StackCore::poll`] after feeding packets into its device, then drains the device's output
-//! into the WireGuard core. Applications use the handles in [`super::handle`]; the core moves
-//! bytes between a connection's channels and its smoltcp socket only while there is room on the
-//! other side, so a slow reader closes the TCP window (backpressure). Dropping the writer half
-//! sends FIN (half-close); a reset from the peer reaches the reader as an error.
+//! into the WireGuard core. Applications use the handles in [`super::handle`], which read from
+//! and write into a connection's smoltcp socket itself ([`SharedSocket`]): a slow reader closes
+//! the TCP window (backpressure). Dropping the writer half sends FIN (half-close); a reset from
+//! the peer reaches the reader as an error.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
@@ -14,8 +14,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf as _, Bytes};
-use smoltcp::iface::{Config, Interface, PollResult, SocketHandle, SocketSet};
+use smoltcp::iface::{Config, Interface, PollResult, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::wire::{HardwareAddress, IpCidr};
 use tokio::sync::{mpsc, oneshot};
@@ -23,17 +22,16 @@ use tracing::{debug, trace};
 
 use super::device::QueueDevice;
 use super::handle::{
-    Command, ConnReader, ConnWake, ConnWriter, Connection, Stack, ToStack, Wakeup, BACKLOG,
+    Command, ConnReader, ConnWake, ConnWriter, Connection, Stack, Wakeup, BACKLOG,
 };
+use super::socket::{SharedSocket, SockState};
 use crate::packet::Transport;
 use crate::FastMap;
 
 /// Per-socket TCP buffers each way; large enough for window scaling to matter on a LAN.
 const SOCKET_BUFFER: usize = 256 * 1024;
-/// Largest chunk handed across a connection's channels.
+/// Largest chunk [`ConnReader::recv`] returns.
 pub const CHUNK: usize = 16 * 1024;
-/// Chunks queued in each direction of a connection's channels.
-const CHANNEL: usize = 8;
 /// Commands taken per wake-up.
 const BATCH: usize = 64;
 /// Unacknowledged data (or an unanswered SYN) for this long resets the connection.
@@ -54,11 +52,6 @@ enum Phase {
 #[derive(Debug)]
 struct Conn {
     phase: Phase,
-    /// Toward the application; `None` once end of stream or an error was delivered.
-    to_app: Option<mpsc::Sender<io::Result<Bytes>>>,
-    /// From the application; `None` once it closed its half (FIN queued) or the peer's did.
-    from_app: Option<mpsc::Receiver<ToStack>>,
-    pending: Option<Bytes>,
     /// How the application side wakes the driver for this connection, once it has one.
     wake: Option<ConnWake>,
     orphaned_at: Option<Instant>,
@@ -69,9 +62,6 @@ impl Conn {
     fn new(phase: Phase) -> Self {
         Self {
             phase,
-            to_app: None,
-            from_app: None,
-            pending: None,
             wake: None,
             orphaned_at: None,
             finished: false,
@@ -95,10 +85,10 @@ type Flow = (SocketAddr, SocketAddr);
 /// given, on every ingress packet and every egress pass, so with one set for all of them a
 /// round would cost in proportion to every open connection (idle ones kept for reuse too).
 /// Here the driver finds a packet's socket by its flow and runs egress only for sockets that
-/// changed or whose timer is due.
+/// changed or whose timer is due. The socket is shared with its connection's application side,
+/// which keeps it (and what it read last) when the driver lets the slot go.
 struct Slot {
-    set: SocketSet<'static>,
-    handle: SocketHandle,
+    sock: Arc<SharedSocket>,
     /// `None` while the socket listens, in a backlog.
     conn: Option<Conn>,
     /// Key in `StackCore::flows`, once the socket has both ends.
@@ -114,11 +104,8 @@ struct Slot {
 
 impl Slot {
     fn new(sock: tcp::Socket<'static>, conn: Option<Conn>) -> Self {
-        let mut set = SocketSet::new(Vec::with_capacity(1));
-        let handle = set.add(sock);
         Self {
-            set,
-            handle,
+            sock: Arc::new(SharedSocket::new(sock)),
             conn,
             flow: None,
             due: None,
@@ -127,8 +114,8 @@ impl Slot {
         }
     }
 
-    fn socket(&self) -> &tcp::Socket<'static> {
-        self.set.get(self.handle)
+    fn state(&self) -> tcp::State {
+        self.sock.lock().socket().state()
     }
 
     /// Marks the slot (`id`) for this round's egress.
@@ -141,7 +128,8 @@ impl Slot {
 
     /// The socket's two ends, once it has them.
     fn ends(&self) -> Option<Flow> {
-        let s = self.socket();
+        let mut st = self.sock.lock();
+        let s = st.socket();
         Some((s.local_endpoint()?.into(), s.remote_endpoint()?.into()))
     }
 }
@@ -165,6 +153,8 @@ pub struct StackCore {
     lingering: Vec<SlotId>,
     /// Scratch: the connections one pump looks at.
     work: Vec<SlotId>,
+    /// Scratch: the connections whose application woke the driver.
+    woken: Vec<SlotId>,
     round: u64,
     /// Sockets the last round ran egress for.
     egressed: usize,
@@ -214,6 +204,7 @@ impl StackCore {
             carry: Vec::new(),
             lingering: Vec::new(),
             work: Vec::new(),
+            woken: Vec::new(),
             round: 0,
             egressed: 0,
             pumped: 0,
@@ -333,8 +324,8 @@ impl StackCore {
                 continue;
             };
             self.iface
-                .poll_ingress_single(ts, &mut self.device, &mut slot.set);
-            if slot.conn.is_none() && slot.socket().state() != tcp::State::Listen {
+                .poll_ingress_single(ts, &mut self.device, &mut slot.sock.lock().set);
+            if slot.conn.is_none() && slot.state() != tcp::State::Listen {
                 self.accepting(id);
             }
             Self::touch(&mut self.slots, &mut self.touched, id);
@@ -354,7 +345,7 @@ impl StackCore {
         l.backlog.iter().copied().find(|id| {
             self.slots
                 .get(id)
-                .is_some_and(|s| s.socket().state() == tcp::State::Listen)
+                .is_some_and(|s| s.state() == tcp::State::Listen)
         })
     }
 
@@ -401,15 +392,17 @@ impl StackCore {
                 continue;
             };
             slot.touched = false;
-            let state = slot.socket().state();
-            while self.iface.poll_egress(ts, &mut self.device, &mut slot.set)
+            let mut st = slot.sock.lock();
+            let state = st.socket().state();
+            while self.iface.poll_egress(ts, &mut self.device, &mut st.set)
                 == PollResult::SocketStateChanged
             {}
             let finished = slot.conn.as_ref().is_some_and(|c| c.finished);
-            if slot.conn.is_some() && (finished || slot.socket().state() != state) {
+            if slot.conn.is_some() && (finished || st.socket().state() != state) {
                 self.carry.push(id);
             }
-            let due = self.iface.poll_at(ts, &slot.set);
+            let due = self.iface.poll_at(ts, &st.set);
+            drop(st);
             if due != slot.due {
                 if let Some(old) = slot.due {
                     self.timers.remove(&(old, id));
@@ -556,15 +549,20 @@ impl StackCore {
         }
     }
 
-    /// Moves bytes and state between sockets and their application sides, for the connections
-    /// that may have something to move: touched this round (packets, a due timer, a new
-    /// connection), woken by their application, carried from the last round's egress, or
-    /// lingering. A socket that changed is touched for egress.
+    /// Moves state between sockets and their application sides, for the connections that may
+    /// have something to move: touched this round (packets, a due timer, a new connection, their
+    /// application read or wrote), carried from the last round's egress, or lingering. A socket
+    /// that changed is touched for egress.
     fn pump(&mut self, now: Instant) {
+        let mut woken = std::mem::take(&mut self.woken);
+        self.wake.take_ready(&mut woken);
+        for id in woken.drain(..) {
+            Self::touch(&mut self.slots, &mut self.touched, id);
+        }
+        self.woken = woken;
         let mut work = std::mem::take(&mut self.work);
         work.extend_from_slice(&self.touched);
         work.append(&mut self.carry);
-        self.wake.take_ready(&mut work);
         self.lingering.retain(|id| self.slots.contains_key(id));
         work.extend_from_slice(&self.lingering);
         self.pumped = 0;
@@ -589,38 +587,47 @@ impl StackCore {
                 w.rearm();
             }
             self.pumped += 1;
-            let sock = slot.set.get_mut::<tcp::Socket<'_>>(slot.handle);
-            let before = (sock.state(), sock.send_queue(), sock.recv_queue());
+            let queues = |sock: &SharedSocket| {
+                let mut st = sock.lock();
+                let s = st.socket();
+                (s.state(), s.send_queue(), s.recv_queue())
+            };
+            let before = queues(&slot.sock);
             let orphaned = conn.orphaned_at.is_some();
-            if !Self::pump_one(id, sock, conn, &self.listeners, &self.wake, now) {
+            if !Self::pump_one(id, &slot.sock, conn, &self.listeners, &self.wake, now) {
                 conn.finished = true;
             }
-            let after = (sock.state(), sock.send_queue(), sock.recv_queue());
             if !orphaned && conn.orphaned_at.is_some() {
                 self.lingering.push(id);
             }
-            if before != after || conn.finished {
+            if before != queues(&slot.sock) || conn.finished {
                 slot.touch(id, &mut self.touched);
             }
         }
         self.work = work;
     }
 
-    /// One connection; false when it is finished and its socket can go.
+    /// One connection; false when it is finished and its socket can go. A [`Connection`] that
+    /// does not reach its application is dropped before the socket is locked again (its halves
+    /// lock it as they go).
     fn pump_one(
         id: SlotId,
-        sock: &mut tcp::Socket<'_>,
+        sock: &Arc<SharedSocket>,
         conn: &mut Conn,
         listeners: &HashMap<u16, Listening>,
         wake: &Arc<Wakeup>,
         now: Instant,
     ) -> bool {
         use tcp::State;
-        let state = sock.state();
+        let state = sock.lock().socket().state();
         let opened = !matches!(
             state,
             State::Closed | State::Listen | State::SynSent | State::SynReceived
         );
+        let abort = || {
+            sock.lock().socket().abort();
+            false
+        };
         match std::mem::replace(&mut conn.phase, Phase::Open) {
             Phase::Connecting(reply) => {
                 if state == State::Closed {
@@ -632,16 +639,15 @@ impl StackCore {
                 }
                 if !opened {
                     if reply.is_closed() {
-                        sock.abort();
-                        return false;
+                        return abort();
                     }
                     conn.phase = Phase::Connecting(reply);
                     return true;
                 }
                 let c = Self::open(id, sock, conn, wake);
-                if let Err(Ok(_)) = reply.send(Ok(c)) {
-                    sock.abort();
-                    return false;
+                if let Err(Ok(c)) = reply.send(Ok(c)) {
+                    drop(c);
+                    return abort();
                 }
             }
             Phase::Accepting(port) => {
@@ -654,131 +660,63 @@ impl StackCore {
                 }
                 let c = Self::open(id, sock, conn, wake);
                 let Some(l) = listeners.get(&port) else {
-                    sock.abort();
-                    return false;
+                    drop(c);
+                    return abort();
                 };
-                if l.accepted.try_send(c).is_err() {
+                if let Err(refused) = l.accepted.try_send(c) {
+                    drop(refused);
                     debug!(port, "listener not keeping up: connection reset");
-                    sock.abort();
-                    return false;
+                    return abort();
                 }
             }
             Phase::Open => {}
         }
-        Self::pump_open(sock, conn, now)
+        Self::pump_open(&mut sock.lock(), conn, now)
     }
 
-    fn open(id: SlotId, sock: &tcp::Socket<'_>, conn: &mut Conn, wake: &Arc<Wakeup>) -> Connection {
-        let (to_app, rx) = mpsc::channel(CHANNEL);
-        let (tx, from_app) = mpsc::channel(CHANNEL);
+    fn open(
+        id: SlotId,
+        sock: &Arc<SharedSocket>,
+        conn: &mut Conn,
+        wake: &Arc<Wakeup>,
+    ) -> Connection {
         let wake = ConnWake::new(id, wake.clone());
-        conn.to_app = Some(to_app);
-        conn.from_app = Some(from_app);
         conn.wake = Some(wake.clone());
         let unspecified = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
+        let (local, remote) = {
+            let mut st = sock.lock();
+            let s = st.socket();
+            (s.local_endpoint(), s.remote_endpoint())
+        };
         Connection {
-            local: sock.local_endpoint().map_or(unspecified, Into::into),
-            remote: sock.remote_endpoint().map_or(unspecified, Into::into),
+            local: local.map_or(unspecified, Into::into),
+            remote: remote.map_or(unspecified, Into::into),
             reader: ConnReader {
-                rx,
+                sock: sock.clone(),
                 wake: wake.clone(),
             },
-            writer: ConnWriter { tx, wake },
+            writer: ConnWriter {
+                sock: sock.clone(),
+                wake,
+            },
         }
     }
 
-    fn pump_open(sock: &mut tcp::Socket<'_>, conn: &mut Conn, now: Instant) -> bool {
+    /// An open connection: the socket's FIN, TIME-WAIT and unread bytes settled; false once the
+    /// socket is closed (the application keeps what it has not read), or once the application
+    /// has gone and the socket has closed or lingered too long.
+    fn pump_open(st: &mut SockState, conn: &mut Conn, now: Instant) -> bool {
         use tcp::State;
-        // Peer → application, only while the application has room (else the window closes).
-        if conn.to_app.as_ref().is_some_and(|t| t.is_closed()) {
-            conn.to_app = None;
+        st.settle();
+        let app_gone = st.app_gone();
+        let sock = st.socket();
+        if sock.state() == State::Closed {
+            return false;
         }
-        loop {
-            if !sock.can_recv() {
-                break;
-            }
-            let Some(tx) = &conn.to_app else {
-                // Nobody reads any more: discard, so the peer is not stalled.
-                let _ = sock.recv(|b| (b.len(), ()));
-                break;
-            };
-            let Ok(permit) = tx.try_reserve() else {
-                break;
-            };
-            if let Ok(data) = sock.recv(|b| {
-                let n = b.len().min(CHUNK);
-                (n, Bytes::copy_from_slice(&b[..n]))
-            }) {
-                permit.send(Ok(data));
-            }
-        }
-        if let Some(tx) = &conn.to_app {
-            if !sock.can_recv() {
-                match sock.state() {
-                    // The peer sent FIN: end of stream.
-                    State::CloseWait | State::LastAck | State::Closing | State::TimeWait => {
-                        conn.to_app = None;
-                    }
-                    State::Closed => {
-                        let reset = io::Error::new(
-                            io::ErrorKind::ConnectionReset,
-                            "connection reset by the peer",
-                        );
-                        if tx.try_send(Err(reset)).is_ok() {
-                            conn.to_app = None;
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        }
-        // Application → peer.
-        loop {
-            if conn.pending.is_none() {
-                let Some(rx) = conn.from_app.as_mut() else {
-                    break;
-                };
-                match rx.try_recv() {
-                    Ok(ToStack::Data(b)) => conn.pending = Some(b),
-                    Ok(ToStack::Reset) => {
-                        sock.abort();
-                        conn.from_app = None;
-                        conn.to_app = None;
-                        break;
-                    }
-                    Err(mpsc::error::TryRecvError::Empty) => break,
-                    Err(mpsc::error::TryRecvError::Disconnected) => {
-                        // Half-close: FIN after what was written.
-                        conn.from_app = None;
-                        sock.close();
-                        break;
-                    }
-                }
-            }
-            if !sock.may_send() {
-                // Reset, or we already closed: the application's writes fail from now on.
-                conn.pending = None;
-                conn.from_app = None;
-                break;
-            }
-            let Some(p) = conn.pending.as_mut() else {
-                break;
-            };
-            match sock.send_slice(p) {
-                Ok(n) => p.advance(n),
-                Err(_) => break,
-            }
-            if p.is_empty() {
-                conn.pending = None;
-            } else {
-                break;
-            }
-        }
-        let app_gone = conn.to_app.is_none() && conn.from_app.is_none();
         if !app_gone {
             return true;
         }
-        if matches!(sock.state(), State::Closed | State::TimeWait) {
+        if sock.state() == State::TimeWait {
             return false;
         }
         if sock.may_send() {
@@ -790,6 +728,16 @@ impl StackCore {
             return false;
         }
         true
+    }
+}
+
+impl Drop for StackCore {
+    /// The driver stopped: every connection's application side sees a reset instead of waiting
+    /// for a driver that is gone.
+    fn drop(&mut self) {
+        for slot in self.slots.values() {
+            slot.sock.lock().socket().abort();
+        }
     }
 }
 

@@ -6,7 +6,6 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::*;
@@ -107,19 +106,11 @@ async fn connect_accept_transfer_half_close() {
         assert_eq!(server.remote, client.local);
         assert_eq!(client.remote, remote);
 
-        client
-            .writer
-            .send(Bytes::from_static(b"hello"))
-            .await
-            .unwrap();
+        client.writer.send(b"hello").await.unwrap();
         drop(client.writer); // half-close
         assert_eq!(read_all(&mut server.reader).await.unwrap(), b"hello");
         // The other direction still works after the half-close.
-        server
-            .writer
-            .send(Bytes::from_static(b"world"))
-            .await
-            .unwrap();
+        server.writer.send(b"world").await.unwrap();
         drop(server.writer);
         assert_eq!(read_all(&mut client.reader).await.unwrap(), b"world");
     })
@@ -136,7 +127,7 @@ async fn large_transfer_with_a_slow_reader() {
         let mut writer = client.writer;
         let send = tokio::spawn(async move {
             for c in sent.chunks(40_000) {
-                writer.send(Bytes::copy_from_slice(c)).await.unwrap();
+                writer.send(c).await.unwrap();
             }
         });
         let mut got = vec![];
@@ -169,7 +160,7 @@ async fn no_listener_is_refused_and_reset_reaches_the_reader() {
         let mut l = sb.listen(82).await.unwrap();
         let (client, server) = tokio::join!(sa.connect((B, 82).into()), l.accept());
         let (mut client, server) = (client.unwrap(), server.unwrap());
-        server.writer.reset().await;
+        server.writer.reset();
         let e = read_all(&mut client.reader).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::ConnectionReset);
 
@@ -191,7 +182,7 @@ async fn ipv6_works() {
         let (client, server) = tokio::join!(sa.connect(to), l.accept());
         let (mut client, mut server) = (client.unwrap(), server.unwrap());
         assert!(server.remote.is_ipv6());
-        server.writer.send(Bytes::from_static(b"v6")).await.unwrap();
+        server.writer.send(b"v6").await.unwrap();
         drop(server.writer);
         assert_eq!(read_all(&mut client.reader).await.unwrap(), b"v6");
         drop(client.writer);
@@ -258,7 +249,7 @@ async fn a_reset_reaches_a_byte_stream_reader_as_an_error() {
         let (sa, sb) = pair();
         let (client, server) = connections(&sa, &sb, 7001).await;
         let mut client = ConnStream::from(client);
-        server.writer.reset().await;
+        server.writer.reset();
         let mut buf = vec![];
         let e = client.read_to_end(&mut buf).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::ConnectionReset);
@@ -284,24 +275,16 @@ async fn a_byte_stream_read_takes_every_queued_chunk_and_a_reset_after_them() {
         let (client, mut server) = connections(&sa, &sb, 7002).await;
         let mut client = ConnStream::from(client);
         let data: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
-        server
-            .writer
-            .send(Bytes::copy_from_slice(&data))
-            .await
-            .unwrap();
+        server.writer.send(&data).await.unwrap();
         // Delivered by then, in chunks of at most `CHUNK` bytes.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let mut buf = vec![0; 64 * 1024];
         let n = client.read(&mut buf).await.unwrap();
         assert_eq!(n, data.len(), "one read takes all that is queued");
         assert!(buf[..n] == data[..]);
-        server
-            .writer
-            .send(Bytes::from_static(b"last"))
-            .await
-            .unwrap();
+        server.writer.send(b"last").await.unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
-        server.writer.reset().await;
+        server.writer.reset();
         tokio::time::sleep(Duration::from_millis(300)).await;
         // The bytes before the reset first, then the reset.
         let n = client.read(&mut buf).await.unwrap();
@@ -314,7 +297,11 @@ async fn a_byte_stream_read_takes_every_queued_chunk_and_a_reset_after_them() {
 
 /// One round of two stacks joined back to back: both poll, then their packets cross.
 fn step(a: &mut StackCore, b: &mut StackCore) {
-    let now = Instant::now();
+    step_at(a, b, Instant::now());
+}
+
+/// [`step`] at a given time (for timers that take longer than a test should).
+fn step_at(a: &mut StackCore, b: &mut StackCore, now: Instant) {
     a.poll(now);
     b.poll(now);
     while let Some(p) = a.device.tx.pop_front() {
@@ -383,23 +370,117 @@ async fn a_round_costs_the_connections_that_changed_not_every_open_one() {
 
     // One request on one of the hundred connections: one socket each side does anything, and
     // one connection each side has its bytes moved.
-    clients[7]
-        .writer
-        .send(Bytes::from_static(b"GET"))
-        .await
-        .unwrap();
+    clients[7].writer.send(b"GET").await.unwrap();
     step(&mut a, &mut b);
     assert_eq!((a.pumped(), a.egressed()), (1, 1));
     step(&mut a, &mut b);
     assert_eq!((b.pumped(), b.egressed()), (1, 1));
     let got = servers[7].reader.recv().await.unwrap().unwrap();
     assert_eq!(&got[..], b"GET");
-    assert!(clients.iter_mut().all(|c| c.reader.rx.is_empty()));
+    assert!(clients
+        .iter()
+        .all(|c| c.reader.sock.lock().socket().recv_queue() == 0));
 
-    // The server read it: only its connection is looked at again (to move more bytes in).
+    // The server read three bytes of a mostly empty buffer: the window it advertised is still
+    // open, so the read does not wake the driver for a window update.
     step(&mut a, &mut b);
-    assert_eq!(b.pumped(), 1);
-    assert_eq!(a.pumped(), 0);
+    assert_eq!((a.pumped(), b.pumped()), (0, 0));
+
+    // The server answers: its connection only, then the client's.
+    servers[7].writer.send(b"200").await.unwrap();
+    step(&mut a, &mut b);
+    assert_eq!((b.pumped(), b.egressed()), (1, 1));
+    step(&mut a, &mut b);
+    assert_eq!((a.pumped(), b.pumped()), (1, 0));
+    let got = clients[7].reader.recv().await.unwrap().unwrap();
+    assert_eq!(&got[..], b"200");
+}
+
+/// A read that empties a full receive buffer wakes the driver for the window update: in rounds
+/// where no time passes (no timer can fire, no probe), the sender gets to send again.
+#[tokio::test]
+async fn a_reader_that_empties_a_full_window_reopens_it() {
+    let (mut a, mut b, mut clients, mut servers) = stepped_pair(1).await;
+    let (mut client, mut server) = (clients.remove(0), servers.remove(0));
+    let send = tokio::spawn(async move {
+        client
+            .writer
+            .send(&vec![7u8; 3 * SOCKET_BUFFER])
+            .await
+            .unwrap();
+        client
+    });
+    let queued = |server: &Connection| server.reader.sock.lock().socket().recv_queue();
+    // Until the server's buffer stops filling: the window is closed.
+    let (mut last, mut still) = (0, 0);
+    for _ in 0..10_000 {
+        step(&mut a, &mut b);
+        tokio::task::yield_now().await;
+        let now = queued(&server);
+        still = if now == last { still + 1 } else { 0 };
+        last = now;
+        if still == 20 {
+            break;
+        }
+    }
+    assert!(last > SOCKET_BUFFER * 3 / 4, "{last} bytes queued");
+    let mut got = 0;
+    while got < last {
+        got += server.reader.recv().await.unwrap().unwrap().len();
+    }
+    assert_eq!(queued(&server), 0);
+    for _ in 0..4 {
+        step(&mut a, &mut b);
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        queued(&server) > 0,
+        "the window stayed closed after the reader emptied the buffer"
+    );
+    send.abort();
+}
+
+/// Bytes still unread when the socket's TIME-WAIT ends (smoltcp then clears its buffer and
+/// forgets the FIN) are read all the same, and then the end of the stream, not a reset.
+#[tokio::test]
+async fn bytes_unread_when_time_wait_ends_are_still_read_then_the_end() {
+    let (mut a, mut b, mut clients, mut servers) = stepped_pair(1).await;
+    let (client, mut server) = (clients.remove(0), servers.remove(0));
+    let Connection {
+        reader: mut unread,
+        writer,
+        ..
+    } = client;
+    drop(writer); // the client closes first, so its side ends in TIME-WAIT
+    server.writer.send(b"after the close").await.unwrap();
+    drop(server);
+    let state = |r: &ConnReader| r.sock.lock().socket().state();
+    for _ in 0..100 {
+        step(&mut a, &mut b);
+        if state(&unread) == tcp::State::TimeWait {
+            break;
+        }
+    }
+    assert_eq!(state(&unread), tcp::State::TimeWait);
+    // Past smoltcp's 10 s TIME-WAIT, before the connection's own timeout.
+    let later = Instant::now() + Duration::from_secs(15);
+    for _ in 0..4 {
+        step_at(&mut a, &mut b, later);
+    }
+    assert_eq!(state(&unread), tcp::State::Closed, "TIME-WAIT did not end");
+    assert_eq!(read_all(&mut unread).await.unwrap(), b"after the close");
+}
+
+/// A stopped driver fails its connections' reads and writes instead of leaving them waiting.
+#[tokio::test]
+async fn a_stopped_stack_fails_reads_and_writes() {
+    let (a, _b, mut clients, _servers) = stepped_pair(1).await;
+    let mut client = clients.remove(0);
+    drop(a);
+    let e = bounded(client.reader.recv()).await.unwrap().unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::ConnectionReset);
+    let e = bounded(client.writer.send(b"x")).await.unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
 }
 
 /// Closed connections give their sockets back, however they end, though a round looks only at
@@ -415,7 +496,7 @@ async fn closed_connections_give_their_sockets_back() {
     };
     // A client resets while its server holds on and says nothing: the RST is the client
     // socket's last packet, and nothing comes back to look at it again.
-    clients.remove(1).writer.reset().await;
+    clients.remove(1).writer.reset();
     settle(&mut a, &mut b);
     assert_eq!(a.socket_count(), 2, "a reset connection kept its socket");
     drop(servers.remove(1));
@@ -425,12 +506,22 @@ async fn closed_connections_give_their_sockets_back() {
     let mut last = servers.remove(0);
     for _ in 0..1_000 {
         step(&mut a, &mut b);
-        match last.reader.rx.try_recv() {
-            Ok(_) => continue,
-            Err(mpsc::error::TryRecvError::Disconnected) => break,
-            Err(mpsc::error::TryRecvError::Empty) => {
-                tokio::time::sleep(Duration::from_millis(1)).await
+        let mut buf = [0u8; 64];
+        let read = std::future::poll_fn(|cx| {
+            let mut rb = tokio::io::ReadBuf::new(&mut buf);
+            let r = last
+                .reader
+                .poll_read(cx, &mut rb)
+                .map_ok(|()| rb.filled().len());
+            std::task::Poll::Ready(r)
+        })
+        .await;
+        match read {
+            std::task::Poll::Ready(Ok(0)) => break, // end of stream
+            std::task::Poll::Ready(r) => {
+                r.unwrap();
             }
+            std::task::Poll::Pending => tokio::time::sleep(Duration::from_millis(1)).await,
         }
     }
     drop(last);
