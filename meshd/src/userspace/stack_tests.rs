@@ -471,6 +471,35 @@ async fn bytes_unread_when_time_wait_ends_are_still_read_then_the_end() {
     assert_eq!(read_all(&mut unread).await.unwrap(), b"after the close");
 }
 
+/// A server that answers without reading the request and goes away: the client's remaining
+/// bytes are taken and discarded (or refused), never left waiting for a window that stays shut.
+#[tokio::test]
+async fn a_writer_is_not_left_waiting_when_the_reader_went_away() {
+    bounded(async {
+        let (sa, sb) = pair();
+        let (client, server) = connections(&sa, &sb, 7003).await;
+        let mut client = ConnStream::from(client);
+        let mut server = ConnStream::from(server);
+        let upload = tokio::spawn(async move {
+            let chunk = vec![1u8; 64 * 1024];
+            for _ in 0..(20 * 16) {
+                if client.write_all(&chunk).await.is_err() {
+                    break;
+                }
+            }
+            client
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        server.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        drop(server);
+        let mut client = upload.await.unwrap();
+        let mut answer = vec![];
+        let _ = client.read_to_end(&mut answer).await;
+        assert!(answer.starts_with(b"HTTP/1.1 200 OK"));
+    })
+    .await;
+}
+
 /// A stopped driver fails its connections' reads and writes instead of leaving them waiting.
 #[tokio::test]
 async fn a_stopped_stack_fails_reads_and_writes() {
