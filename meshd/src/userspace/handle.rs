@@ -291,7 +291,8 @@ impl ConnWriter {
         self.wake.wake();
     }
 
-    /// Aborts the connection (RST), discarding anything not yet sent.
+    /// Aborts the connection (RST), discarding anything not yet sent. (Dropping `self` then
+    /// wakes the driver to send it.)
     pub fn reset(self) {
         self.sock.lock().socket().abort();
     }

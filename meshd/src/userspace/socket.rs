@@ -89,12 +89,7 @@ impl SockState {
         use tcp::State;
         let sock = self.set.get_mut::<tcp::Socket<'static>>(self.handle);
         let state = sock.state();
-        if matches!(
-            state,
-            State::CloseWait | State::LastAck | State::Closing | State::TimeWait
-        ) {
-            self.fin = true;
-        }
+        self.fin |= peer_finished(state);
         if self.reader_gone {
             drain(sock, |_| {});
             self.tail.clear();
@@ -130,12 +125,9 @@ impl SockState {
         if n > 0 {
             return Read::Data { n, reopens };
         }
+        self.fin |= peer_finished(sock.state());
         match sock.state() {
-            State::CloseWait | State::LastAck | State::Closing | State::TimeWait => {
-                self.fin = true;
-                Read::End
-            }
-            State::Closed if self.fin => Read::End,
+            _ if self.fin => Read::End,
             State::Closed => Read::Reset,
             _ if buf.remaining() == 0 => Read::Data {
                 n: 0,
@@ -144,6 +136,15 @@ impl SockState {
             _ => Read::Empty,
         }
     }
+}
+
+/// Whether the socket is in a state the peer's FIN put it in.
+fn peer_finished(state: tcp::State) -> bool {
+    use tcp::State;
+    matches!(
+        state,
+        State::CloseWait | State::LastAck | State::Closing | State::TimeWait
+    )
 }
 
 /// Takes every byte queued in the socket (the ring's parts in order).
