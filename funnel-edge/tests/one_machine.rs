@@ -13,11 +13,12 @@ use common::{checks, curl, Edge};
 
 /// One topology for all the client checks: starting it takes a few seconds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn through_the_mesh_http1_http2_upload_sse_websocket_headers() {
+async fn through_the_mesh_http1_http2_uploads_sse_websocket_headers() {
     let edge = Edge::start_mesh().await;
     checks::get_over_http1_and_http2(&edge).await;
     checks::forwarding_headers(&edge).await;
     checks::large_upload(&edge).await;
+    checks::early_answer_to_an_upload(&edge).await;
     checks::server_sent_events(&edge).await;
     checks::websocket_echo(&edge).await;
 }

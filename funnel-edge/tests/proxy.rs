@@ -30,6 +30,11 @@ async fn large_upload_streams_through_intact() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upload_the_service_answers_without_reading_ends_with_its_answer() {
+    checks::early_answer_to_an_upload(&Edge::start().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn server_sent_events_arrive_before_the_response_ends() {
     checks::server_sent_events(&Edge::start().await).await;
 }

@@ -35,6 +35,7 @@ use crate::routes::{Lookup, RouteTable};
 pub mod headers;
 mod nodes;
 mod pages;
+mod upload;
 mod upstream;
 
 /// A response body: the node's, streamed, or one of the edge's own pages.
@@ -270,26 +271,30 @@ async fn handle(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) -> Res
 }
 
 async fn route(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) -> Response<Body> {
-    if let Err(r) = headers::check_target(&req) {
-        return pages::page(r.status, "Bad request", r.message);
-    }
-    let host = match headers::check_host(&req, &conn.sni) {
+    let host = match headers::check_target(&req).and_then(|()| headers::check_host(&req, &conn.sni))
+    {
         Ok(h) => h,
         Err(r) => {
             let title = r.status.canonical_reason().unwrap_or("Bad request");
-            return pages::page(r.status, title, r.message);
+            return answered_early(req, pages::page(r.status, title, r.message));
         }
     };
     // Routed from the TLS name, which the request's host was just checked against.
     let lookup = shared.routes.borrow().lookup(&conn.sni, crate::unix_now());
     let shown = || crate::routes::normalize_host(&conn.sni).unwrap_or_default();
     match lookup {
-        Lookup::Unknown => pages::not_found(&shown()),
-        Lookup::Expired { .. } => pages::expired(&shown()),
+        Lookup::Unknown => answered_early(req, pages::not_found(&shown())),
+        Lookup::Expired { .. } => answered_early(req, pages::expired(&shown())),
         Lookup::Live { name, node_ip, .. } => {
             upstream::forward(shared, conn, &name, node_ip, &host, req).await
         }
     }
+}
+
+/// `resp`, the edge's own answer to `req`, whose body is read and dropped meanwhile.
+fn answered_early(req: Request<Incoming>, resp: Response<Body>) -> Response<Body> {
+    upload::discard(req.into_body());
+    resp
 }
 
 /// When a connection last moved a byte, in milliseconds since it started.

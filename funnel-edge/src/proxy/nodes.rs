@@ -10,6 +10,7 @@
 //!
 //! A connection goes back to the pool once its response body has been read to the end; a
 //! response dropped before that, or one that switched protocols, takes its connection with it.
+//! So does a request whose body was still being sent when its response ended ([`Cut`]).
 
 use std::collections::HashMap;
 use std::io;
@@ -31,6 +32,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 use tracing::debug;
 
+use super::upload::{Cut, Upload};
 use super::ProxyOptions;
 use crate::dial::{Dialer, Io};
 
@@ -77,7 +79,7 @@ struct Inner {
 type IdleConns = HashMap<IpAddr, HashMap<Box<str>, Vec<Idle>>>;
 
 struct Idle {
-    send: SendRequest<Incoming>,
+    send: SendRequest<Upload>,
     since: Instant,
 }
 
@@ -124,12 +126,14 @@ impl NodePool {
 
     /// Sends `req` (origin-form, with its Host) to funnel `name` on the node at `node_ip`, on an
     /// idle connection when there is one. A kept connection the node closed meanwhile does not
-    /// fail the request when the request was not sent on it: it goes out on the next one.
+    /// fail the request when the request was not sent on it: it goes out on the next one. `cut`,
+    /// the request body's, goes with the response body (or with a failure).
     pub(crate) async fn request(
         &self,
         name: &str,
         node_ip: IpAddr,
-        mut req: Request<Incoming>,
+        mut req: Request<Upload>,
+        cut: Option<Cut>,
     ) -> Result<Response<Leased>, UpstreamError> {
         loop {
             let (mut send, reused) = match self.inner.take(name, node_ip, Instant::now()) {
@@ -144,7 +148,7 @@ impl NodePool {
                         node_ip,
                         send,
                     });
-                    return Ok(resp.map(|body| Leased { body, lease }));
+                    return Ok(resp.map(|body| Leased { body, lease, cut }));
                 }
                 Err(mut e) => match e.take_message() {
                     Some(r) if reused => req = r,
@@ -167,7 +171,7 @@ impl NodePool {
 impl Inner {
     /// The most recently used idle connection to `name` on `node_ip` that can take a request;
     /// closed and timed-out ones are dropped on the way.
-    fn take(&self, name: &str, node_ip: IpAddr, now: Instant) -> Option<SendRequest<Incoming>> {
+    fn take(&self, name: &str, node_ip: IpAddr, now: Instant) -> Option<SendRequest<Upload>> {
         let mut idle = lock(&self.idle);
         let conns = idle.get_mut(&node_ip)?.get_mut(name)?;
         conns.retain(|c| self.usable(c, now));
@@ -175,7 +179,7 @@ impl Inner {
         Some(conns.remove(i).send)
     }
 
-    fn put(&self, name: Box<str>, node_ip: IpAddr, send: SendRequest<Incoming>) {
+    fn put(&self, name: Box<str>, node_ip: IpAddr, send: SendRequest<Upload>) {
         if send.is_closed() {
             return;
         }
@@ -204,11 +208,7 @@ impl Inner {
     }
 
     /// Dials the node's ingress, names the funnel, and starts an HTTP/1.1 connection on it.
-    async fn connect(
-        &self,
-        name: &str,
-        node_ip: IpAddr,
-    ) -> Result<SendRequest<Incoming>, NodeError> {
+    async fn connect(&self, name: &str, node_ip: IpAddr) -> Result<SendRequest<Upload>, NodeError> {
         let addr = SocketAddr::new(node_ip, FUNNEL_INGRESS_PORT);
         let s = timeout(self.dial_timeout, self.dialer.dial(addr))
             .await
@@ -236,17 +236,19 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// A node's response body, holding its connection until the body ends.
+/// A node's response body, holding its connection until the body ends; its end (or its drop)
+/// also cuts off the rest of the request body ([`Cut`]).
 pub(crate) struct Leased {
     body: Incoming,
     lease: Option<Lease>,
+    cut: Option<Cut>,
 }
 
 struct Lease {
     pool: Arc<Inner>,
     name: Box<str>,
     node_ip: IpAddr,
-    send: SendRequest<Incoming>,
+    send: SendRequest<Upload>,
 }
 
 impl Leased {
@@ -269,6 +271,7 @@ impl Body for Leased {
         let r = Pin::new(&mut this.body).poll_frame(cx);
         if let Poll::Ready(None) = r {
             this.release();
+            this.cut = None;
         }
         r
     }

@@ -13,6 +13,7 @@ use tracing::debug;
 
 use super::headers::{self, Forwarding};
 use super::nodes::{origin_form, NodeError, UpstreamError};
+use super::upload::Upload;
 use super::{pages, Body, ConnInfo, Shared};
 
 const OFFLINE: &str = "The node serving this funnel is offline or not answering.";
@@ -47,9 +48,10 @@ pub(crate) async fn forward(
     );
     parts.version = Version::HTTP_11;
     parts.uri = origin_form(parts.uri);
-    let upstream_req = Request::from_parts(parts, body);
+    let (upload, cut) = Upload::new(body);
+    let upstream_req = Request::from_parts(parts, upload);
 
-    let request = shared.nodes.request(name, node_ip, upstream_req);
+    let request = shared.nodes.request(name, node_ip, upstream_req, cut);
     let mut resp = match timeout(opts.response_timeout, request).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => return failed(name, &e),

@@ -8,8 +8,10 @@ use std::convert::Infallible;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -34,6 +36,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 use testkit::{binary, run, spawn_lines, stdout_of, Proc};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tokio_rustls::client::TlsStream;
@@ -72,6 +75,8 @@ pub struct Edge {
     pub sse_go: Arc<Notify>,
     service: Arc<Service>,
     dialed: Arc<Mutex<Vec<SocketAddr>>>,
+    /// Bytes written towards nodes (`None` for the mesh topology, where nothing counts them).
+    sent_to_nodes: Option<Arc<AtomicU64>>,
     routes: watch::Sender<RouteTable>,
 }
 
@@ -81,22 +86,63 @@ pub struct Edge {
 struct MapDialer {
     map: HashMap<IpAddr, Option<SocketAddr>>,
     dialed: Arc<Mutex<Vec<SocketAddr>>>,
+    /// Bytes the edge wrote to its streams to nodes.
+    sent: Arc<AtomicU64>,
 }
 
 impl Dialer for MapDialer {
     fn dial(&self, addr: SocketAddr) -> BoxFuture<'_, io::Result<Box<dyn Io>>> {
         self.dialed.lock().unwrap().push(addr);
         let target = self.map.get(&addr.ip()).copied();
+        let sent = self.sent.clone();
         Box::pin(async move {
             match target {
                 Some(Some(real)) if addr.port() == FUNNEL_INGRESS_PORT => {
-                    let d = TcpDialer;
-                    d.dial(real).await
+                    let inner = TcpDialer.dial(real).await?;
+                    Ok(Box::new(Counted { inner, sent }) as Box<dyn Io>)
                 }
                 Some(None) => std::future::pending().await,
                 _ => Err(io::Error::new(io::ErrorKind::ConnectionRefused, "unmapped")),
             }
         })
+    }
+}
+
+/// A stream that counts the bytes written to it.
+struct Counted {
+    inner: Box<dyn Io>,
+    sent: Arc<AtomicU64>,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            self.sent.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -183,6 +229,7 @@ impl Edge {
         let tls = server_config(Arc::new(gated));
 
         let dialed = Arc::new(Mutex::new(Vec::new()));
+        let sent_to_nodes = Arc::new(AtomicU64::new(0));
         let ingress = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), ingress_port);
         let dialer = MapDialer {
             map: HashMap::from([
@@ -191,6 +238,7 @@ impl Edge {
                 (IpAddr::V4(Ipv4Addr::new(100, 64, 0, 3)), None),
             ]),
             dialed: dialed.clone(),
+            sent: sent_to_nodes.clone(),
         };
         let opts = ProxyOptions {
             dial_timeout: Duration::from_secs(1),
@@ -209,6 +257,7 @@ impl Edge {
             sse_go: service.sse_go.clone(),
             service,
             dialed,
+            sent_to_nodes: Some(sent_to_nodes),
             routes,
         }
     }
@@ -238,6 +287,7 @@ impl Edge {
             sse_go: service.sse_go.clone(),
             service,
             dialed: Arc::default(),
+            sent_to_nodes: None,
             routes,
         };
         // The first request waits for the netmap and the edge's handshake with the node.
@@ -262,6 +312,13 @@ impl Edge {
 
     pub fn dialed(&self) -> Vec<SocketAddr> {
         self.dialed.lock().unwrap().clone()
+    }
+
+    /// Bytes the edge has written to nodes so far, where they are counted.
+    pub fn bytes_to_nodes(&self) -> Option<u64> {
+        self.sent_to_nodes
+            .as_ref()
+            .map(|n| n.load(Ordering::Relaxed))
     }
 
     pub fn max_frames_seen(&self) -> usize {
@@ -310,6 +367,8 @@ impl Edge {
 
 #[derive(Debug)]
 pub struct CurlOut {
+    /// curl's own exit code (0: the transfer completed).
+    pub exit: Option<i32>,
     pub status: u16,
     pub version: String,
     pub body: String,
@@ -329,6 +388,7 @@ pub async fn curl(edge: &Edge, args: &[&str]) -> CurlOut {
     let (body, last) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
     let (version, status) = last.split_once(' ').unwrap_or(("", "0"));
     CurlOut {
+        exit: out.status.code(),
         status: status.trim().parse().unwrap_or(0),
         version: version.to_owned(),
         body: body.to_owned(),
@@ -409,6 +469,11 @@ async fn handle(
 ) -> Result<Response<SBody>, Infallible> {
     let resp = match req.uri().path() {
         "/hello" => Response::new(full("hello from the service\n")),
+        // Refuses whatever comes, without reading it.
+        "/refuse" => Response::builder()
+            .status(413)
+            .body(full("too large for this service\n"))
+            .unwrap(),
         // Which instance of the service answered.
         "/port" => Response::new(full(format!("{port}\n"))),
         // The service closes its connection after this answer.

@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::{debug, info};
 
+use super::relay::{relay, Sizes, LINGER};
 use super::table::FunnelTable;
 use super::wire::{self, Parsed, MAX_LINE};
 
@@ -22,8 +23,11 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Copy buffers per stream: requests are mostly small; responses move in larger reads (fewer
 /// system calls per megabyte on the way to the mesh).
-const REQUEST_BUF: usize = 8 * 1024;
-const RESPONSE_BUF: usize = 64 * 1024;
+const SIZES: Sizes = Sizes {
+    request_buf: 8 * 1024,
+    response_buf: 64 * 1024,
+    linger: LINGER,
+};
 
 /// What the ingress decides with: the node's own funnel records and who the edges are.
 #[derive(Clone)]
@@ -87,7 +91,7 @@ impl Ingress {
         }
         let _ = local.set_nodelay(true);
         tokio::select! {
-            r = tokio::io::copy_bidirectional_with_sizes(&mut stream, &mut local, REQUEST_BUF, RESPONSE_BUF) => { r?; }
+            r = relay(&mut stream, &mut local, SIZES) => { r?; }
             () = self.until_gone(&name, port, changes) => {
                 debug!(funnel = %name, "funnel closed: ending its stream");
             }
