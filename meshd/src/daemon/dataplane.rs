@@ -20,7 +20,7 @@ use tun_rs::{AsyncDevice, GROTable, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
 use super::api::{DropCounts, PeerStatus, Status};
 use super::control_loop::ControlState;
-use super::outbox::Outbox;
+use super::outbox::{Outbox, MAX_GROUP_BYTES};
 use super::ping::{self, PingRequest, Pings};
 use super::udp::{Bound, RecvBufs, Udp};
 use crate::wg::{Peers, Sink};
@@ -258,7 +258,12 @@ async fn run(
                     for (b, len) in bufs.iter().zip(sizes.iter()).take(n) {
                         peers.handle_outbound(&b[..*len], now, &mut sink);
                     }
-                    sink.flush(&udp, &dev).await;
+                    // The datagrams of several reads leave together (after the loop): equal-size
+                    // runs of different flows then go out as one segmented send, and the peer
+                    // receives them as one burst.
+                    if sink.outbox.data().len() >= MAX_GROUP_BYTES {
+                        sink.flush(&udp, &dev).await;
+                    }
                 }
             }
             _ = tick.tick() => {
