@@ -102,13 +102,16 @@ impl Drop for Cut {
     }
 }
 
-/// Reads the rest of `body` and drops it, for at most [`DISCARD_FOR`], in a task of its own.
-/// Call from within the runtime.
+/// Reads the rest of `body` and drops it, for at most [`DISCARD_FOR`], in a task of its own
+/// (outside a runtime, as when one shuts down, it is dropped at once).
 pub(crate) fn discard(body: Incoming) {
     if body.is_end_stream() {
         return;
     }
-    tokio::spawn(async move {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    rt.spawn(async move {
         let mut body = body;
         let _ = tokio::time::timeout(DISCARD_FOR, async {
             while let Some(Ok(_)) = body.frame().await {}
