@@ -12,7 +12,7 @@ mod meshx;
 use std::time::Duration;
 
 use mesh::{spawn_ready, Coord, Node};
-use meshx::{greeter, tcp_probe};
+use meshx::{greeter, refuser, tcp_probe};
 use netns_tests::plan::{CLIENT_V4, EDGE_V4};
 use netns_tests::{require_root, wait_until, StandardTopology};
 
@@ -29,11 +29,12 @@ fn a_page_behind_nat_reaches_the_internet_through_the_edge_and_nothing_else_does
         8443,
         &["--funnel-domain", DOMAIN, "--funnel-port", "443"],
     );
-    // No ACLs: members reach nobody; node-a may funnel port 3000; tag:edge nodes are edges.
+    // No ACLs: members reach nobody; node-a may funnel ports 3000 and 3001; tag:edge nodes are
+    // edges.
     let policy = coord.dir.path().join("policy.json");
     std::fs::write(
         &policy,
-        r#"{"acls": [], "funnel": [{"nodes": ["node-a"], "ports": [3000]}],
+        r#"{"acls": [], "funnel": [{"nodes": ["node-a"], "ports": [3000, 3001]}],
             "edges": [{"tag": "tag:edge", "domains": ["funnel.example.com"]}]}"#,
     )
     .unwrap();
@@ -116,6 +117,61 @@ fn a_page_behind_nat_reaches_the_internet_through_the_edge_and_nothing_else_does
     // The page saw the real client and the funnel's marks.
     assert!(page.contains(&CLIENT_V4.to_string()), "{page}");
     assert!(page.contains("node-a.funnel.example.com"), "{page}");
+
+    // Uploads answered without being read: by the page (200), and by a service that refuses
+    // every upload with 413 (a second funnel of node-a). Both servers close with the body unread
+    // (a reset). The client gets the answer, whole, every time, and its upload ends there: over
+    // HTTP/1.1 for both, over HTTP/2 for the 413 (curl before 8 waits out its time limit after a
+    // 2xx that ends an HTTP/2 upload early, whatever the server).
+    let _refuser = refuser(&st.node_a, "127.0.0.1", 3001);
+    let (ok, out) = node.cli(&["funnel", "3001", "--bg", "--name", "refuse"]);
+    assert!(ok, "{out}");
+    let upload_dir = tempfile::tempdir().unwrap();
+    let upload = upload_dir.path().join("upload.bin");
+    std::fs::write(&upload, vec![7u8; 20 << 20]).unwrap();
+    let data = format!("@{}", upload.display());
+    let cases = [
+        ("--http1.1", "node-a", "200", "Hello from meshfunnel"),
+        ("--http1.1", "refuse", "413", "refused here"),
+        ("--http2", "refuse", "413", "refused here"),
+    ];
+    for (flag, name, status, body) in cases {
+        let resolve = format!("{name}.{DOMAIN}:443:{EDGE_V4}");
+        let url = format!("https://{name}.{DOMAIN}/");
+        for round in 0..4 {
+            // No `Expect: 100-continue`: the body is on its way before the answer comes.
+            let args = [
+                "-sS",
+                "--max-time",
+                "10",
+                "--cacert",
+                ca.to_str().unwrap(),
+                "--resolve",
+                &resolve,
+                flag,
+                "-H",
+                "Expect:",
+                "--data-binary",
+                &data,
+                "-w",
+                "\n%{http_code}",
+                &url,
+            ];
+            let out = st
+                .client
+                .output("curl", &args, Duration::from_secs(15))
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let what = format!(
+                "{flag} {name} round {round}: {:?} {stdout} {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(out.status.success(), "{what}");
+            assert!(stdout.ends_with(&format!("\n{status}")), "{what}");
+            assert!(stdout.contains(body), "{what}");
+        }
+    }
 
     // A real browser in `client`: headless Chromium trusting the edge CA renders the page (its
     // screenshot, read back by OCR, shows the heading); without the CA it does not.

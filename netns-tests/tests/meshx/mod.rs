@@ -110,7 +110,30 @@ pub fn node_logs(nodes: &[&Node]) -> String {
 /// A TCP server (Python) on `addr:port` inside `host` that greets every connection with
 /// `hello from <addr>\n` and closes it. Returns once it listens.
 pub fn greeter(host: &Host, addr: &str, port: u16) -> Spawned {
-    let script = r#"
+    tcp_service(
+        host,
+        addr,
+        port,
+        r#"c.sendall(("hello from %s\n" % addr).encode())"#,
+    )
+}
+
+/// An HTTP service on `addr:port` that answers every request 413 after reading its first bytes
+/// only, and closes with the rest unread (the kernel resets the connection).
+pub fn refuser(host: &Host, addr: &str, port: u16) -> Spawned {
+    tcp_service(
+        host,
+        addr,
+        port,
+        r#"c.recv(65536); c.sendall(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 13\r\nConnection: close\r\n\r\nrefused here\n")"#,
+    )
+}
+
+/// A Python TCP server on `addr:port` that runs `serve` (one line of Python, with the accepted
+/// socket `c` and `addr`) for each connection, then closes it.
+fn tcp_service(host: &Host, addr: &str, port: u16, serve: &str) -> Spawned {
+    let script = format!(
+        r#"
 import socket, sys
 addr, port = sys.argv[1], int(sys.argv[2])
 s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_STREAM)
@@ -121,13 +144,14 @@ print("listening", flush=True)
 while True:
     c, peer = s.accept()
     try:
-        c.sendall(("hello from %s\n" % addr).encode())
+        {serve}
     finally:
         c.close()
-"#;
+"#
+    );
     let port_arg = port.to_string();
     let mut p = host
-        .spawn("python3", &["-c", script, addr, &port_arg])
+        .spawn("python3", &["-c", &script, addr, &port_arg])
         .unwrap();
     p.wait_for_output("listening", Duration::from_secs(10))
         .unwrap();
