@@ -314,9 +314,12 @@ per_request() {  # per_request TICKS REQUESTS: microseconds
     awk -v d="$1" -v n="${2:-0}" -v hz="$TCK" \
         'BEGIN { if (n > 0) printf "%.0f", d * 1e6 / hz / n; else print "-" }'
 }
-# alternating URL_F URL_D MODE CONNS: "f_rps f_edge f_node d_rps d_cpu", means over ROUNDS runs
-# of each, funnel and direct in turn (the first of a pair alternates too); CPU per request is
-# weighted by requests per second (the runs are of equal length).
+# alternating URL_F URL_D MODE CONNS: "f_rps f_edge f_node d_rps d_cpu r_med r_min r_max",
+# means over ROUNDS runs of each, funnel and direct in turn (the first of a pair alternates too);
+# CPU per request is weighted by requests per second (the runs are of equal length). r_*: the
+# median, lowest and highest funnel / direct ratio of the rounds' pairs (each pair ran within
+# seconds of each other, so a change of the machine's speed between rounds weighs on both of
+# its runs; the ratio of the means does not have that property).
 alternating() {
     local f_url="$1" d_url="$2" mode="$3" conns="$4" i f d out=""
     local RUN_SECS=$(( DURATION / ROUNDS > 0 ? DURATION / ROUNDS : 1 ))
@@ -330,13 +333,18 @@ alternating() {
         fi
         out+="$f $d"$'\n'
     done
-    printf '%s' "$out" | awk '
+    local pairs
+    pairs=$(printf '%s' "$out" | awk '$6 > 0 { printf "%.4f\n", $1 / $6 }' | sort -g | tr '\n' ' ')
+    printf '%s' "$out" | awk -v pairs="$pairs" '
         function num(v) { return v == "-" ? 0 : v }
         { fr += $1; fe += $1 * num($2); fn += $1 * num($3); dr += $6; dc += $6 * num($7); n++ }
         END {
-            if (n == 0) { print "0 - - 0 -"; exit }
-            printf "%.2f %s %s %.2f %s\n", fr / n, (fr > 0 ? sprintf("%.0f", fe / fr) : "-"),
+            if (n == 0) { print "0 - - 0 - - - -"; exit }
+            k = split(pairs, r, " ")
+            med = k == 0 ? "-" : (k % 2 ? r[(k + 1) / 2] : (r[k / 2] + r[k / 2 + 1]) / 2)
+            printf "%.2f %s %s %.2f %s", fr / n, (fr > 0 ? sprintf("%.0f", fe / fr) : "-"),
                 (fr > 0 ? sprintf("%.0f", fn / fr) : "-"), dr / n, (dr > 0 ? sprintf("%.0f", dc / dr) : "-")
+            if (k == 0) print " - - -"; else printf " %.2f %.2f %.2f\n", med, r[1], r[k]
         }'
 }
 to_ms() {  # wrk prints 812.00us, 1.23ms, 2.01s
@@ -357,9 +365,11 @@ for size in small.html 1m.bin; do
         added=$(awk -v f="$f_p99" -v d="$d_p99" 'BEGIN { printf "%.2f", f - d }')
         for conns in ${CONNS//,/ }; do
             log "wrk $size ($mode, $conns connections): funnel, direct"
-            read -r f_rps f_edge f_node d_rps d_cpu < <(alternating "$f_url" "$d_url" "$mode" "$conns")
+            read -r f_rps f_edge f_node d_rps d_cpu r_med r_min r_max \
+                < <(alternating "$f_url" "$d_url" "$mode" "$conns")
             ratio=$(awk -v f="$f_rps" -v d="$d_rps" 'BEGIN { if (d > 0) printf "%.2f", f / d; else print "-" }')
-            rows+=("| $size, $mode, $conns | $f_rps | $d_rps | ${ratio}× | $f_edge + $f_node / $d_cpu | $f_p50 / $f_p99 | $d_p50 / $d_p99 | $added |")
+            if [ "$ROUNDS" = 1 ]; then pair_col="-"; else pair_col="${r_med}× (${r_min}–${r_max})"; fi
+            rows+=("| $size, $mode, $conns | $f_rps | $d_rps | ${ratio}× | $pair_col | $f_edge + $f_node / $d_cpu | $f_p50 / $f_p99 | $d_p50 / $d_p99 | $added |")
         done
     done
 done
@@ -380,8 +390,8 @@ $WRK_LINE; nginx
 $(nginx -v 2>&1 | sed 's/.*nginx\///'), one worker each, on the node's 127.0.0.1 and (TLS, HTTP/2) on the edge host.
 Command: \`$ORIG_CMD\`
 
-| request, connections | funnel req/s | direct req/s | funnel / direct | CPU µs per request: funnel edge + node / direct | funnel p50 / p99 ms, 1 connection | direct p50 / p99 ms, 1 connection | p99 added ms |
-|---|---|---|---|---|---|---|---|
+| request, connections | funnel req/s | direct req/s | funnel / direct | median of the rounds' ratios (lowest–highest) | CPU µs per request: funnel edge + node / direct | funnel p50 / p99 ms, 1 connection | direct p50 / p99 ms, 1 connection | p99 added ms |
+|---|---|---|---|---|---|---|---|---|
 $(printf '%s\n' "${rows[@]}")
 
 Time from \`meshd funnel\` to the first 200 at the client (ms, $FIRSTS rounds, each with the edge
