@@ -17,8 +17,9 @@
 # with 16 the funnel's longer path leaves its edge waiting part of the time, with 64 it is busy).
 # --rounds N: each requests-per-second row alternates funnel and direct N times (default 1), each
 # run S/N seconds, and reports the means, so that the machine's speed changing during a row (a
-# shared or virtual machine) weighs on both sides alike. Each run starts all its connections
-# anew, so short runs weigh the start of a burst more (see docs/BENCHMARKS.md).
+# shared or virtual machine) weighs on both sides alike, and the median (and range) of the N
+# pairs' funnel / direct ratios. Each run starts all its connections anew, so short runs weigh
+# the start of a burst more (see docs/BENCHMARKS.md).
 # --edge-tun: the edge joins the mesh with a TUN device (`funnel-edge run --tun`) instead of its
 # default userspace stack. (--edge-userspace, the default, is still accepted.)
 # --edge-cpu F: the edge host's processes (funnel-edge, and the direct nginx) get at most F CPUs
@@ -53,7 +54,7 @@ while [ $# -gt 0 ]; do
         --edge-tun) EDGE_MODE=(--tun); shift ;;
         --edge-cpu) EDGE_CPU="$2"; shift 2 ;;
         --append-doc) APPEND=1; shift ;;
-        -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
