@@ -282,6 +282,9 @@ async fn run(
                         apply_netmap(&mut peers, &map);
                         peers.replay_pending(Instant::now(), &mut sink);
                         netmap_peers = map.peers;
+                        // `meshd status` lists a new peer as soon as packets can reach it, not
+                        // up to a tick later.
+                        status.send_replace(snapshot(&peers, &me, *coord_up.borrow()));
                     }
                     Some(ControlState::Revoked(_)) => return Ok(()),
                     None => {}

@@ -30,6 +30,7 @@ use crate::daemon::udp::{RecvBufs, Udp};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use crate::daemon::api::Status;
 use crate::daemon::control_loop::ControlState;
 use crate::daemon::dataplane::{apply_netmap, snapshot, Wiring};
 use crate::daemon::ping::Pings;
@@ -170,9 +171,7 @@ pub async fn run(
                 let now = Instant::now();
                 peers.tick(now, &mut sink);
                 pings.expire(now);
-                let mut s = snapshot(&peers, &me, *coord_up.borrow());
-                s.drops.stack_queue_full = core.device.dropped;
-                status.send_replace(s);
+                publish(&status, &peers, &me, &coord_up, &core);
             }
             r = control.changed() => {
                 if r.is_err() {
@@ -186,6 +185,8 @@ pub async fn run(
                             outbox: &mut outbox, device: &mut core.device, pings: &mut pings,
                         };
                         peers.replay_pending(Instant::now(), &mut sink);
+                        // `meshd status` lists a new peer as soon as packets can reach it.
+                        publish(&status, &peers, &me, &coord_up, &core);
                     }
                     Some(ControlState::Revoked(_)) => return Ok(()),
                     None => {}
@@ -194,6 +195,19 @@ pub async fn run(
             _ = shutdown.changed() => return Ok(()),
         }
     }
+}
+
+/// Replaces what `meshd status` shows with the driver's figures now.
+fn publish(
+    status: &watch::Sender<Status>,
+    peers: &Peers,
+    me: &proto::Node,
+    coord_up: &watch::Receiver<bool>,
+    core: &StackCore,
+) {
+    let mut s = snapshot(peers, me, *coord_up.borrow());
+    s.drops.stack_queue_full = core.device.dropped;
+    status.send_replace(s);
 }
 
 /// Hands the stack's outgoing packets to the WireGuard core.
