@@ -163,6 +163,15 @@ impl RouteTable {
         }
     }
 
+    /// The node of the live funnel `name` (a [`funnel_name`](Self::funnel_name)), if there is
+    /// one at `now`: [`lookup`](Self::lookup)'s `Live` case, for a name already worked out.
+    pub fn live(&self, name: &str, now: u64) -> Option<IpAddr> {
+        self.routes
+            .get(name)
+            .filter(|r| r.expires > now)
+            .map(|r| r.node_ip)
+    }
+
     /// The funnel name (lowercase label) if `host` is `NAME.<domain>`, else `None`.
     pub fn funnel_name(&self, host: &str) -> Option<String> {
         let host = normalize_host(host)?;

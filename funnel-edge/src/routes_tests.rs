@@ -97,6 +97,45 @@ fn host_forms_map_to_the_route() {
 }
 
 #[test]
+fn a_name_worked_out_once_routes_as_lookup_does() {
+    // The proxy works a connection's funnel name out of its TLS name once and routes each
+    // request with `live`: the same answer as `lookup` on the host, for every form and time.
+    let t = RouteTable::from_netmap(
+        "funnel.example",
+        &netmap(vec![
+            route("hello", 1, 3000, NOW + 60),
+            route("web", 2, 8080, NOW + 600),
+        ]),
+        NOW,
+    )
+    .unwrap();
+    let hosts = [
+        "hello.funnel.example",
+        "HELLO.Funnel.Example.:443",
+        "web.funnel.example",
+        "other.funnel.example",
+        "a.hello.funnel.example",
+        "hello.funnel.example:x",
+        "funnel.example",
+    ];
+    for now in [NOW, NOW + 59, NOW + 60, NOW + 599, NOW + 600] {
+        for host in hosts {
+            let once = t.funnel_name(host).and_then(|n| t.live(&n, now));
+            let each = match t.lookup(host, now) {
+                Lookup::Live { node_ip, .. } => Some(node_ip),
+                _ => None,
+            };
+            assert_eq!(once, each, "{host} at NOW + {}", now - NOW);
+        }
+    }
+    let ip = |n| Some(IpAddr::V4(Ipv4Addr::new(100, 64, 0, n)));
+    assert_eq!(t.live("hello", NOW + 59), ip(1));
+    assert_eq!(t.live("hello", NOW + 60), None);
+    assert_eq!(t.live("web", NOW + 60), ip(2));
+    assert_eq!(t.live("other", NOW), None);
+}
+
+#[test]
 fn routes_follow_the_netmap_and_skip_bad_entries() {
     let mut t = RouteTable::new("funnel.example").unwrap();
     t.update(

@@ -102,6 +102,9 @@ pub(crate) struct ConnInfo {
     peer: SocketAddr,
     /// The TLS server name (SNI), as the client sent it.
     sni: String,
+    /// The funnel the SNI names (`NAME` of `NAME.<domain>`), worked out once per connection:
+    /// every request of the connection is routed by it.
+    funnel: Option<String>,
     /// `X-Forwarded-For` for every request of the connection.
     forwarded_for: http::HeaderValue,
 }
@@ -180,9 +183,11 @@ async fn connection(shared: Arc<Shared>, acceptor: TlsAcceptor, tcp: TcpStream, 
         return;
     };
     let h2 = server.alpn_protocol() == Some(b"h2");
+    let funnel = shared.routes.borrow().funnel_name(&sni);
     let info = Arc::new(ConnInfo {
         peer,
         sni,
+        funnel,
         forwarded_for: headers::forwarded_for(peer.ip()),
     });
 
@@ -280,7 +285,14 @@ async fn route(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) -> Resp
         }
     };
     // Routed from the TLS name, which the request's host was just checked against.
-    let lookup = shared.routes.borrow().lookup(&conn.sni, crate::unix_now());
+    let now = crate::unix_now();
+    if let Some(name) = conn.funnel.as_deref() {
+        let live = shared.routes.borrow().live(name, now);
+        if let Some(node_ip) = live {
+            return upstream::forward(shared, conn, name, node_ip, &host, req).await;
+        }
+    }
+    let lookup = shared.routes.borrow().lookup(&conn.sni, now);
     let shown = || crate::routes::normalize_host(&conn.sni).unwrap_or_default();
     match lookup {
         Lookup::Unknown => answered_early(req, pages::not_found(&shown())),
