@@ -33,6 +33,7 @@ use crate::dial::Dialer;
 use crate::routes::{Lookup, RouteTable};
 
 pub mod headers;
+mod idle;
 mod nodes;
 mod pages;
 mod upload;

@@ -32,6 +32,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 use tracing::debug;
 
+use super::idle::{self, IdleList};
 use super::upload::{Cut, Upload};
 use super::ProxyOptions;
 use crate::dial::{Dialer, Io};
@@ -75,12 +76,16 @@ struct Inner {
     idle: Mutex<IdleConns>,
 }
 
-/// Idle connections by node address, then funnel name; the most recently used last.
-type IdleConns = HashMap<IpAddr, HashMap<Box<str>, Vec<Idle>>>;
+/// Idle connections by node address, then funnel name.
+type IdleConns = HashMap<IpAddr, HashMap<Box<str>, IdleList<SendRequest<Upload>>>>;
 
-struct Idle {
-    send: SendRequest<Upload>,
-    since: Instant,
+impl idle::Conn for SendRequest<Upload> {
+    fn is_closed(&self) -> bool {
+        SendRequest::is_closed(self)
+    }
+    fn is_ready(&self) -> bool {
+        SendRequest::is_ready(self)
+    }
 }
 
 impl std::fmt::Debug for NodePool {
@@ -163,20 +168,19 @@ impl NodePool {
         lock(&self.inner.idle)
             .values()
             .flat_map(HashMap::values)
-            .map(Vec::len)
+            .map(IdleList::len)
             .sum()
     }
 }
 
 impl Inner {
-    /// The most recently used idle connection to `name` on `node_ip` that can take a request;
-    /// closed and timed-out ones are dropped on the way.
+    /// The most recently used idle connection to `name` on `node_ip` that can take a request
+    /// ([`IdleList::take`]).
     fn take(&self, name: &str, node_ip: IpAddr, now: Instant) -> Option<SendRequest<Upload>> {
         let mut idle = lock(&self.idle);
-        let conns = idle.get_mut(&node_ip)?.get_mut(name)?;
-        conns.retain(|c| self.usable(c, now));
-        let i = conns.iter().rposition(|c| c.send.is_ready())?;
-        Some(conns.remove(i).send)
+        idle.get_mut(&node_ip)?
+            .get_mut(name)?
+            .take(now, self.idle_timeout)
     }
 
     fn put(&self, name: Box<str>, node_ip: IpAddr, send: SendRequest<Upload>) {
@@ -186,21 +190,14 @@ impl Inner {
         let now = Instant::now();
         let mut idle = lock(&self.idle);
         let conns = idle.entry(node_ip).or_default().entry(name).or_default();
-        conns.retain(|c| self.usable(c, now));
-        if conns.len() < self.max_idle {
-            conns.push(Idle { send, since: now });
-        }
-    }
-
-    fn usable(&self, c: &Idle, now: Instant) -> bool {
-        !c.send.is_closed() && now.saturating_duration_since(c.since) < self.idle_timeout
+        conns.put(send, now, self.idle_timeout, self.max_idle);
     }
 
     fn sweep(&self, now: Instant) {
         let mut idle = lock(&self.idle);
         for by_name in idle.values_mut() {
             for conns in by_name.values_mut() {
-                conns.retain(|c| self.usable(c, now));
+                conns.sweep(now, self.idle_timeout);
             }
             by_name.retain(|_, conns| !conns.is_empty());
         }
