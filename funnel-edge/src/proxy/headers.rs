@@ -146,11 +146,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 fn remove_where(headers: &mut HeaderMap, also: impl Fn(&str) -> bool) {
     // Looked up once, not once per name.
     let connection = headers.get_all(header::CONNECTION);
+    // Usually it lists only `keep-alive` or `upgrade`, which go anyway: then no header needs
+    // checking against its list.
+    let names_others = connection
+        .iter()
+        .map(|v| v.to_str().unwrap_or(","))
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .any(|t| !t.is_empty() && !HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(t)));
     let doomed: Vec<HeaderName> = headers
         .keys()
         .filter(|k| {
             let k = k.as_str();
-            HOP_BY_HOP.contains(&k) || also(k) || lists(&connection, k)
+            HOP_BY_HOP.contains(&k) || also(k) || (names_others && lists(&connection, k))
         })
         .cloned()
         .collect();
@@ -202,6 +210,9 @@ pub fn rewrite_request_headers(headers: &mut HeaderMap, fwd: &Forwarding<'_>) {
             headers.insert(header::COOKIE, v);
         }
     }
+    // Room for the ones set below at once, not by growing the map on the way. (hyper caps a
+    // request's fields far below the map's limit; were it reached, nothing is reserved.)
+    let _ = headers.try_reserve(5);
     // The Host the client sent is kept as it is (and shared with X-Forwarded-Host, no copy).
     let host = match headers.get(header::HOST) {
         Some(h) if h.as_bytes() == fwd.host.as_bytes() => Some(h.clone()),

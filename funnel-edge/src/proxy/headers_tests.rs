@@ -214,3 +214,41 @@ fn host_comes_from_the_checked_name_when_the_request_has_none_or_another() {
         assert_eq!(h.get_all("host").iter().count(), 1, "{sent:?}");
     }
 }
+
+#[test]
+fn every_header_the_connection_header_names_goes_however_it_is_listed() {
+    let names = |h: &HeaderMap| {
+        let mut v: Vec<_> = h.keys().map(|k| k.as_str().to_owned()).collect();
+        v.sort();
+        v
+    };
+    for (lines, kept) in [
+        // Only options that go anyway: nothing else is looked up, nothing else goes.
+        (
+            &["keep-alive"][..],
+            &["close", "content-length", "x-a", "x-b"][..],
+        ),
+        (
+            &["Keep-Alive, upgrade"],
+            &["close", "content-length", "x-a", "x-b"],
+        ),
+        // Names, in any case, spacing, and field line; `close` names a header too.
+        (&["keep-alive, X-A"], &["close", "content-length", "x-b"]),
+        (
+            &["keep-alive", " x-b ,,"],
+            &["close", "content-length", "x-a"],
+        ),
+        (&["Close"], &["content-length", "x-a", "x-b"]),
+        (&["te, X-A, x-b"], &["close", "content-length"]),
+    ] {
+        let mut h = HeaderMap::new();
+        for l in lines {
+            h.append("connection", HeaderValue::from_static(l));
+        }
+        for k in ["x-a", "x-b", "close", "content-length", "keep-alive", "te"] {
+            h.append(k, HeaderValue::from_static("1"));
+        }
+        rewrite_response_headers(&mut h, false);
+        assert_eq!(names(&h), kept, "Connection: {lines:?}");
+    }
+}
