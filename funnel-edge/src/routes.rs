@@ -48,6 +48,13 @@ struct Route {
     expires: u64,
 }
 
+impl Route {
+    /// Live until its `expires` (a second count), not at it.
+    fn live_at(&self, now: u64) -> bool {
+        self.expires > now
+    }
+}
+
 /// Funnel name (one lowercase label) → route, plus the recently expired names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteTable {
@@ -130,7 +137,7 @@ impl RouteTable {
         let listed_expired: Vec<String> = self
             .routes
             .iter()
-            .filter(|(_, r)| r.expires <= now)
+            .filter(|(_, r)| !r.live_at(now))
             .map(|(n, _)| n.clone())
             .collect();
         for name in listed_expired {
@@ -146,7 +153,7 @@ impl RouteTable {
             return Lookup::Unknown;
         };
         if let Some(r) = self.routes.get(&name) {
-            if r.expires > now {
+            if r.live_at(now) {
                 return Lookup::Live {
                     name,
                     node_ip: r.node_ip,
@@ -168,7 +175,7 @@ impl RouteTable {
     pub fn live(&self, name: &str, now: u64) -> Option<IpAddr> {
         self.routes
             .get(name)
-            .filter(|r| r.expires > now)
+            .filter(|r| r.live_at(now))
             .map(|r| r.node_ip)
     }
 

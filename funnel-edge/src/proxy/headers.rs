@@ -129,11 +129,17 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// Whether the Connection header's values list `token` (an option such as `keep-alive` or
 /// `upgrade`, or a header name).
 fn lists(connection: &GetAll<'_, HeaderValue>, token: &str) -> bool {
+    options(connection).any(|t| t.eq_ignore_ascii_case(token))
+}
+
+/// The Connection header's options, over all its field lines, trimmed (values that are not
+/// text list nothing).
+fn options<'a>(connection: &'a GetAll<'_, HeaderValue>) -> impl Iterator<Item = &'a str> {
     connection
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+        .map(str::trim)
 }
 
 /// Removes hop-by-hop headers, including those the Connection header names.
@@ -148,11 +154,7 @@ fn remove_where(headers: &mut HeaderMap, also: impl Fn(&str) -> bool) {
     let connection = headers.get_all(header::CONNECTION);
     // Usually it lists only `keep-alive` or `upgrade`, which go anyway: then no header needs
     // checking against its list.
-    let names_others = connection
-        .iter()
-        .map(|v| v.to_str().unwrap_or(","))
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
+    let names_others = options(&connection)
         .any(|t| !t.is_empty() && !HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(t)));
     let doomed: Vec<HeaderName> = headers
         .keys()

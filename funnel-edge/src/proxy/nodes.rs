@@ -184,9 +184,6 @@ impl Inner {
     }
 
     fn put(&self, name: Box<str>, node_ip: IpAddr, send: SendRequest<Upload>) {
-        if send.is_closed() {
-            return;
-        }
         let now = Instant::now();
         let mut idle = lock(&self.idle);
         let conns = idle.entry(node_ip).or_default().entry(name).or_default();
