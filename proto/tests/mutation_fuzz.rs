@@ -9,20 +9,7 @@ use proto::admin::AdminRequest;
 use proto::api::{EndpointsRequest, FunnelList, FunnelRequest, FunnelResponse, RegisterRequest};
 use proto::map::{apply, MapMessage, Netmap};
 use proto::policy::Policy;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
+use testkit::fuzz::{mutate, Rng};
 
 const INTERESTING: &[&[u8]] = &[
     b"{",
@@ -45,54 +32,12 @@ const INTERESTING: &[&[u8]] = &[
     b"true",
 ];
 
-fn mutate(rng: &mut Rng, input: &[u8]) -> Vec<u8> {
-    let mut v = input.to_vec();
-    for _ in 0..1 + rng.below(4) {
-        match rng.below(6) {
-            0 if !v.is_empty() => {
-                let i = rng.below(v.len());
-                v[i] ^= 1 << rng.below(8);
-            }
-            1 if !v.is_empty() => {
-                let i = rng.below(v.len());
-                v.truncate(i);
-            }
-            2 => {
-                let i = rng.below(v.len() + 1);
-                let tok = INTERESTING[rng.below(INTERESTING.len())];
-                v.splice(i..i, tok.iter().copied());
-            }
-            3 if v.len() > 1 => {
-                let a = rng.below(v.len());
-                let b = a + rng.below(v.len() - a);
-                v.drain(a..b);
-            }
-            4 => {
-                let i = rng.below(v.len() + 1);
-                let b = rng.next() as u8;
-                v.insert(i, b);
-            }
-            _ => {
-                // Repeat a slice: deep nesting and long arrays.
-                if !v.is_empty() {
-                    let a = rng.below(v.len());
-                    let chunk: Vec<u8> = v[a..].iter().take(16).copied().collect();
-                    for _ in 0..rng.below(64) {
-                        v.extend_from_slice(&chunk);
-                    }
-                }
-            }
-        }
-    }
-    v
-}
-
 fn fuzz(seeds: &[&str], iterations: usize, parse: impl Fn(&[u8])) {
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
     for seed in seeds {
         parse(seed.as_bytes());
         for _ in 0..iterations {
-            parse(&mutate(&mut rng, seed.as_bytes()));
+            parse(&mutate(&mut rng, seed.as_bytes(), INTERESTING));
         }
     }
 }

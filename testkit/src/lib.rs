@@ -6,7 +6,11 @@
 //! gives; a child's piped stdout is read to the end on a background thread, so it never blocks on
 //! a full pipe. This is test code: a failure panics, naming the command and what it printed.
 //!
+//! [`fuzz`]: a deterministic generator and mutator for mutation fuzzing of parsers.
+//!
 //! Only `std`: no async runtime, usable from `#[test]` and `#[tokio::test]` alike.
+
+pub mod fuzz;
 
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};

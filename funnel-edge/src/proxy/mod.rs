@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::combinators::BoxBody;
+use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -32,6 +32,7 @@ use tracing::{debug, info};
 use crate::dial::Dialer;
 use crate::routes::{Lookup, RouteTable};
 
+mod h1;
 pub mod headers;
 mod idle;
 mod nodes;
@@ -40,7 +41,10 @@ mod upload;
 mod upstream;
 
 /// A response body: the node's, streamed, or one of the edge's own pages.
-pub type Body = BoxBody<Bytes, hyper::Error>;
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Why a response body failed (hyper's client, the edge's own, or none).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Limits and timeouts of the proxy.
 #[derive(Debug, Clone)]

@@ -8,6 +8,10 @@
 //! that moves to another node starts on new connections. A node ends its streams of a funnel it
 //! closed, so nothing pooled outlives the funnel there.
 //!
+//! A request without a body (and no upgrade) is written and answered in the requesting task on a
+//! connection of the edge's own HTTP/1.1 client ([`super::h1`]); the others go through hyper's.
+//! Each kind is kept in a list of its own.
+//!
 //! A connection goes back to the pool once its response body has been read to the end; a
 //! response dropped before that, or one that switched protocols, takes its connection with it.
 //! So does a request whose body was still being sent when its response ended ([`Cut`]).
@@ -22,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::uri::PathAndQuery;
-use http::{Request, Response, StatusCode, Uri};
+use http::{Method, Request, Response, StatusCode, Uri};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
@@ -32,6 +36,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 use tracing::debug;
 
+use super::h1::{self, FetchError, Fetched};
 use super::idle::{self, IdleList};
 use super::upload::{Cut, Upload};
 use super::ProxyOptions;
@@ -59,6 +64,8 @@ pub(crate) enum UpstreamError {
     Connect(#[from] NodeError),
     #[error("request to the node: {0}")]
     Request(#[from] hyper::Error),
+    #[error("request to the node: {0}")]
+    Fetch(#[from] FetchError),
 }
 
 /// The HTTP/1.1 connections to nodes; request bodies are the clients', streamed.
@@ -77,7 +84,23 @@ struct Inner {
 }
 
 /// Idle connections by node address, then funnel name.
-type IdleConns = HashMap<IpAddr, HashMap<Box<str>, IdleList<SendRequest<Upload>>>>;
+type IdleConns = HashMap<IpAddr, HashMap<Box<str>, Idle>>;
+
+/// The idle connections of one funnel on one node: hyper's, and the edge's own.
+#[derive(Debug, Default)]
+struct Idle {
+    sends: IdleList<SendRequest<Upload>>,
+    conns: IdleList<h1::Conn>,
+}
+
+impl Idle {
+    fn is_empty(&self) -> bool {
+        self.sends.is_empty() && self.conns.is_empty()
+    }
+}
+
+/// Where a response body returns its connection once read.
+pub(crate) type Keep = Box<dyn FnOnce(h1::Conn) + Send>;
 
 impl idle::Conn for SendRequest<Upload> {
     fn is_closed(&self) -> bool {
@@ -85,6 +108,40 @@ impl idle::Conn for SendRequest<Upload> {
     }
     fn is_ready(&self) -> bool {
         SendRequest::is_ready(self)
+    }
+}
+
+/// A kind of connection the pool keeps, in a list of its own per funnel and node.
+trait Pooled: idle::Conn + Sized {
+    fn list(idle: &mut Idle) -> &mut IdleList<Self>;
+    /// Checked when the connection is taken; hyper's are watched by their own task.
+    fn still_usable(&mut self) -> bool {
+        true
+    }
+}
+
+impl Pooled for SendRequest<Upload> {
+    fn list(idle: &mut Idle) -> &mut IdleList<Self> {
+        &mut idle.sends
+    }
+}
+
+impl idle::Conn for h1::Conn {
+    // Whether the node closed an idle connection shows when it is taken (`still_usable`).
+    fn is_closed(&self) -> bool {
+        false
+    }
+    fn is_ready(&self) -> bool {
+        true
+    }
+}
+
+impl Pooled for h1::Conn {
+    fn list(idle: &mut Idle) -> &mut IdleList<Self> {
+        &mut idle.conns
+    }
+    fn still_usable(&mut self) -> bool {
+        self.is_usable()
     }
 }
 
@@ -163,53 +220,96 @@ impl NodePool {
         }
     }
 
+    /// Sends `request`, a whole bodiless request ([`h1::head::write_request`]), to funnel `name`
+    /// on the node at `node_ip` and reads the response head; the body is read as the response is
+    /// polled. A kept connection the node closed meanwhile does not fail an idempotent request
+    /// when nothing of an answer came on it: the request goes out on the next one.
+    pub(crate) async fn fetch(
+        &self,
+        name: &str,
+        node_ip: IpAddr,
+        method: &Method,
+        request: &[u8],
+    ) -> Result<Response<Fetched<Keep>>, UpstreamError> {
+        let to_head = *method == Method::HEAD;
+        loop {
+            let (mut conn, reused) = match self.inner.take(name, node_ip, Instant::now()) {
+                Some(conn) => (conn, true),
+                None => (h1::Conn::new(self.inner.open(name, node_ip).await?), false),
+            };
+            match conn.round_trip(request, to_head, self.inner.max_buf).await {
+                Ok(head) => {
+                    let pool = self.inner.clone();
+                    let name: Box<str> = name.into();
+                    let keep: Keep = Box::new(move |c| pool.put(name, node_ip, c));
+                    let body = Fetched::new(conn, &head, keep);
+                    let mut resp = Response::new(body);
+                    *resp.status_mut() = head.status;
+                    *resp.headers_mut() = head.headers;
+                    return Ok(resp);
+                }
+                Err(e) if reused && e.nothing_came() && method.is_idempotent() => {
+                    debug!(funnel = %name, "kept connection gone, sending again: {e}");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
     /// Idle connections kept, over all nodes and funnels.
     pub(crate) fn idle_count(&self) -> usize {
         lock(&self.inner.idle)
             .values()
             .flat_map(HashMap::values)
-            .map(IdleList::len)
+            .map(|i| i.sends.len() + i.conns.len())
             .sum()
     }
 }
 
 impl Inner {
-    /// The most recently used idle connection to `name` on `node_ip` that can take a request
-    /// ([`IdleList::take`]).
-    fn take(&self, name: &str, node_ip: IpAddr, now: Instant) -> Option<SendRequest<Upload>> {
+    /// The most recently used idle connection of kind `C` to `name` on `node_ip` that can take a
+    /// request ([`IdleList::take`], then [`Pooled::still_usable`]); unusable ones met on the way
+    /// are dropped.
+    fn take<C: Pooled>(&self, name: &str, node_ip: IpAddr, now: Instant) -> Option<C> {
         let mut idle = lock(&self.idle);
-        idle.get_mut(&node_ip)?
-            .get_mut(name)?
-            .take(now, self.idle_timeout)
+        let conns = C::list(idle.get_mut(&node_ip)?.get_mut(name)?);
+        std::iter::from_fn(|| conns.take(now, self.idle_timeout))
+            .find_map(|mut c| c.still_usable().then_some(c))
     }
 
-    fn put(&self, name: Box<str>, node_ip: IpAddr, send: SendRequest<Upload>) {
+    fn put<C: Pooled>(&self, name: Box<str>, node_ip: IpAddr, c: C) {
         let now = Instant::now();
         let mut idle = lock(&self.idle);
-        let conns = idle.entry(node_ip).or_default().entry(name).or_default();
-        conns.put(send, now, self.idle_timeout, self.max_idle);
+        let conns = C::list(idle.entry(node_ip).or_default().entry(name).or_default());
+        conns.put(c, now, self.idle_timeout, self.max_idle);
     }
 
     fn sweep(&self, now: Instant) {
         let mut idle = lock(&self.idle);
         for by_name in idle.values_mut() {
             for conns in by_name.values_mut() {
-                conns.sweep(now, self.idle_timeout);
+                conns.sends.sweep(now, self.idle_timeout);
+                conns.conns.sweep(now, self.idle_timeout);
             }
             by_name.retain(|_, conns| !conns.is_empty());
         }
         idle.retain(|_, by_name| !by_name.is_empty());
     }
 
-    /// Dials the node's ingress, names the funnel, and starts an HTTP/1.1 connection on it.
-    async fn connect(&self, name: &str, node_ip: IpAddr) -> Result<SendRequest<Upload>, NodeError> {
+    /// Dials the node's ingress and names the funnel: the stream is then the funnel's.
+    async fn open(&self, name: &str, node_ip: IpAddr) -> Result<Box<dyn Io>, NodeError> {
         let addr = SocketAddr::new(node_ip, FUNNEL_INGRESS_PORT);
         let s = timeout(self.dial_timeout, self.dialer.dial(addr))
             .await
             .map_err(|_| NodeError::Timeout("dialing the node"))??;
-        let s = timeout(self.handshake_timeout, handshake(s, name))
+        timeout(self.handshake_timeout, handshake(s, name))
             .await
-            .map_err(|_| NodeError::Timeout("the funnel handshake"))??;
+            .map_err(|_| NodeError::Timeout("the funnel handshake"))?
+    }
+
+    /// Opens a stream to the funnel and starts an HTTP/1.1 connection of hyper's on it.
+    async fn connect(&self, name: &str, node_ip: IpAddr) -> Result<SendRequest<Upload>, NodeError> {
+        let s = self.open(name, node_ip).await?;
         let (send, conn) = http1::Builder::new()
             .max_buf_size(self.max_buf)
             .handshake(TokioIo::new(s))

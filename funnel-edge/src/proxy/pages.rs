@@ -18,7 +18,7 @@ pub fn page(status: StatusCode, title: &str, message: &str) -> Response<Body> {
     );
     let body = Full::new(Bytes::from(html))
         .map_err(|never| match never {})
-        .boxed();
+        .boxed_unsync();
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
     let h = resp.headers_mut();

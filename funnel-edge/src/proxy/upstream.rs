@@ -4,6 +4,8 @@
 
 use std::net::IpAddr;
 
+use bytes::{Bytes, BytesMut};
+use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -11,10 +13,11 @@ use hyper_util::rt::TokioIo;
 use tokio::time::timeout;
 use tracing::debug;
 
+use super::h1::{self, FetchError};
 use super::headers::{self, Forwarding};
 use super::nodes::{origin_form, NodeError, UpstreamError};
 use super::upload::Upload;
-use super::{pages, Body, ConnInfo, Shared};
+use super::{pages, Body, BoxError, ConnInfo, Shared};
 
 const OFFLINE: &str = "The node serving this funnel is offline or not answering.";
 
@@ -49,19 +52,25 @@ pub(crate) async fn forward(
     parts.version = Version::HTTP_11;
     parts.uri = origin_form(parts.uri);
     let (upload, cut) = Upload::new(body);
+    if cut.is_none() && !upgrade {
+        // No body, no upgrade: the edge's own client, in this task.
+        let mut request = BytesMut::new();
+        let target = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
+        h1::head::write_request(&parts.method, target, &parts.headers, &mut request);
+        let fetch = shared.nodes.fetch(name, node_ip, &parts.method, &request);
+        return match timeout(opts.response_timeout, fetch).await {
+            Ok(Ok(resp)) => answer(resp, false),
+            Ok(Err(e)) => failed(name, &e),
+            Err(_) => timed_out(),
+        };
+    }
     let upstream_req = Request::from_parts(parts, upload);
 
     let request = shared.nodes.request(name, node_ip, upstream_req, cut);
     let mut resp = match timeout(opts.response_timeout, request).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => return failed(name, &e),
-        Err(_) => {
-            return pages::page(
-                StatusCode::GATEWAY_TIMEOUT,
-                "Gateway timeout",
-                "The service behind this funnel did not answer in time.",
-            )
-        }
+        Err(_) => return timed_out(),
     };
 
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -85,9 +94,29 @@ pub(crate) async fn forward(
             }
         });
     }
+    answer(resp, switching)
+}
+
+/// The node's response for the client: its headers rewritten, its body streamed.
+fn answer<B>(resp: Response<B>, switching: bool) -> Response<Body>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS && !switching {
+        return pages::bad_gateway("The service switched protocols without being asked to.");
+    }
     let (mut parts, body) = resp.into_parts();
     headers::rewrite_response_headers(&mut parts.headers, switching);
-    Response::from_parts(parts, body.boxed())
+    Response::from_parts(parts, body.map_err(Into::into).boxed_unsync())
+}
+
+fn timed_out() -> Response<Body> {
+    pages::page(
+        StatusCode::GATEWAY_TIMEOUT,
+        "Gateway timeout",
+        "The service behind this funnel did not answer in time.",
+    )
 }
 
 /// The page for a request the node did not answer.
@@ -100,6 +129,18 @@ fn failed(name: &str, e: &UpstreamError) -> Response<Body> {
         UpstreamError::Connect(n) => {
             debug!(funnel = %name, "connecting to the node: {n}");
             pages::bad_gateway(OFFLINE)
+        }
+        UpstreamError::Fetch(FetchError::Head(e)) => {
+            debug!(funnel = %name, "node's answer refused: {e}");
+            pages::bad_gateway(
+                "The service behind this funnel answered with something that is not HTTP/1.1.",
+            )
+        }
+        UpstreamError::Fetch(e) => {
+            debug!(funnel = %name, "request to the node: {e}");
+            pages::bad_gateway(
+                "The service behind this funnel closed the connection without answering.",
+            )
         }
         UpstreamError::Request(e) => {
             debug!(funnel = %name, "request to the node: {e}");

@@ -5,22 +5,10 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use testkit::fuzz::{self, Rng};
+
 use super::build;
 use super::*;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
 
 /// Bytes that steer the parser into its branches: versions, IHLs, extension-header and
 /// protocol numbers, ICMP types, length extremes.
@@ -33,14 +21,8 @@ fn mutate(rng: &mut Rng, input: &[u8]) -> Vec<u8> {
     let mut v = input.to_vec();
     for _ in 0..1 + rng.below(4) {
         match rng.below(7) {
-            0 if !v.is_empty() => {
-                let i = rng.below(v.len());
-                v[i] ^= 1 << rng.below(8);
-            }
-            1 if !v.is_empty() => {
-                let i = rng.below(v.len());
-                v.truncate(i);
-            }
+            0 => fuzz::flip_bit(rng, &mut v),
+            1 => fuzz::truncate(rng, &mut v),
             2 if !v.is_empty() => {
                 let i = rng.below(v.len());
                 v[i] = INTERESTING[rng.below(INTERESTING.len())];
@@ -51,19 +33,11 @@ fn mutate(rng: &mut Rng, input: &[u8]) -> Vec<u8> {
                 let edge = [0u16, 1, 7, 8, 19, 20, 39, 40, 0x7fff, 0xffff][rng.below(10)];
                 v[i..i + 2].copy_from_slice(&edge.to_be_bytes());
             }
-            4 => {
-                let i = rng.below(v.len() + 1);
-                let b = rng.next() as u8;
-                v.insert(i, b);
-            }
-            5 if v.len() > 1 => {
-                let a = rng.below(v.len());
-                let b = a + rng.below(v.len() - a);
-                v.drain(a..b);
-            }
+            4 => fuzz::insert_byte(rng, &mut v),
+            5 => fuzz::cut(rng, &mut v),
             _ => {
                 let extra = rng.below(64);
-                v.extend((0..extra).map(|_| rng.next() as u8));
+                v.extend((0..extra).map(|_| rng.next_u64() as u8));
             }
         }
     }
@@ -131,7 +105,7 @@ fn parse_never_panics_on_random_bytes() {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     for _ in 0..20_000 {
         let len = rng.below(128);
-        let mut v: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        let mut v: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
         if let Some(first) = v.first_mut() {
             *first = [0x45, 0x46, 0x60, *first][rng.below(4)];
         }

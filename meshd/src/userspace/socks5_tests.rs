@@ -1,5 +1,7 @@
 #![allow(clippy::unwrap_used)] // test code
 
+use testkit::fuzz::Rng;
+
 use super::*;
 
 #[test]
@@ -104,20 +106,6 @@ fn replies() {
     assert_eq!(v6[3], 4);
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
 /// Valid messages flipped, truncated, spliced and grown: the parsers answer and never panic, and
 /// a message they accept never claims more bytes than it was given.
 #[test]
@@ -141,7 +129,7 @@ fn mutation_fuzz_never_panics() {
             match rng.below(5) {
                 0 if !b.is_empty() => {
                     let i = rng.below(b.len());
-                    b[i] = rng.next() as u8;
+                    b[i] = rng.next_u64() as u8;
                 }
                 1 => b.truncate(rng.below(b.len() + 1)),
                 2 => {
@@ -151,7 +139,7 @@ fn mutation_fuzz_never_panics() {
                 }
                 3 => {
                     for _ in 0..rng.below(300) {
-                        b.push(rng.next() as u8);
+                        b.push(rng.next_u64() as u8);
                     }
                 }
                 _ => {
