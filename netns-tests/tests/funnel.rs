@@ -12,7 +12,7 @@ mod meshx;
 use std::time::Duration;
 
 use mesh::{spawn_ready, Coord, Node};
-use meshx::{greeter, refuser, tcp_probe};
+use meshx::{greeter, nginx, refuser, tcp_probe};
 use netns_tests::plan::{CLIENT_V4, EDGE_V4};
 use netns_tests::{require_root, wait_until, StandardTopology};
 
@@ -29,12 +29,12 @@ fn a_page_behind_nat_reaches_the_internet_through_the_edge_and_nothing_else_does
         8443,
         &["--funnel-domain", DOMAIN, "--funnel-port", "443"],
     );
-    // No ACLs: members reach nobody; node-a may funnel ports 3000 and 3001; tag:edge nodes are
+    // No ACLs: members reach nobody; node-a may funnel ports 3000 to 3002; tag:edge nodes are
     // edges.
     let policy = coord.dir.path().join("policy.json");
     std::fs::write(
         &policy,
-        r#"{"acls": [], "funnel": [{"nodes": ["node-a"], "ports": [3000, 3001]}],
+        r#"{"acls": [], "funnel": [{"nodes": ["node-a"], "ports": [3000, 3001, 3002]}],
             "edges": [{"tag": "tag:edge", "domains": ["funnel.example.com"]}]}"#,
     )
     .unwrap();
@@ -90,13 +90,16 @@ fn a_page_behind_nat_reaches_the_internet_through_the_edge_and_nothing_else_does
     let ca = edge_state.join("ca.pem");
     let resolve = format!("node-a.{DOMAIN}:443:{EDGE_V4}");
     let url = format!("https://node-a.{DOMAIN}/");
-    let curl = |extra: &[&str]| -> netns_tests::Result<String> {
-        let mut args = vec!["-sS", "--max-time", "5", "--cacert", ca.to_str().unwrap()];
-        args.extend_from_slice(&["--resolve", &resolve]);
-        args.extend_from_slice(extra);
-        args.push(&url);
-        let out = st.client.output("curl", &args, Duration::from_secs(10))?;
+    // curl in `client`, with the edge's CA, a funnel name resolved to the edge (`resolve`).
+    let curl_at = |resolve: &str, args: &[&str]| -> netns_tests::Result<String> {
+        let mut all = vec!["-sS", "--max-time", "10", "--cacert", ca.to_str().unwrap()];
+        all.extend_from_slice(&["--resolve", resolve]);
+        all.extend_from_slice(args);
+        let out = st.client.output("curl", &all, Duration::from_secs(15))?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let curl = |extra: &[&str]| -> netns_tests::Result<String> {
+        curl_at(&resolve, &[extra, &[url.as_str()]].concat())
     };
     let mut page = String::new();
     wait_until(
@@ -171,6 +174,94 @@ fn a_page_behind_nat_reaches_the_internet_through_the_edge_and_nothing_else_does
             assert!(stdout.ends_with(&format!("\n{status}")), "{what}");
             assert!(stdout.contains(body), "{what}");
         }
+    }
+
+    // A real nginx behind a third funnel: what it answers reaches the client as it is — a 1 MiB
+    // file, a text file nginx gzips (chunked on the mesh leg), its own 404, HEAD, a conditional
+    // GET (304) — over HTTP/1.1 and HTTP/2, several requests on one client connection.
+    let web = tempfile::tempdir().unwrap();
+    let root = web.path().join("www");
+    std::fs::create_dir(&root).unwrap();
+    let big: Vec<u8> = (0..1u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    std::fs::write(root.join("big.bin"), &big).unwrap();
+    let text = "meshfunnel through nginx\n".repeat(4000);
+    std::fs::write(root.join("page.txt"), &text).unwrap();
+    let _nginx = nginx(&st.node_a, web.path(), &root, 3002);
+    let (ok, out) = node.cli(&["funnel", "3002", "--bg", "--name", "static"]);
+    assert!(ok, "{out}");
+    let site = format!("https://static.{DOMAIN}");
+    let resolve = format!("static.{DOMAIN}:443:{EDGE_V4}");
+    let static_curl = |args: &[&str]| curl_at(&resolve, args);
+    let big_url = format!("{site}/big.bin");
+    let mut head = String::new();
+    wait_until("nginx through the funnel", Duration::from_secs(30), || {
+        head = static_curl(&["-I", &big_url])?;
+        Ok(head.starts_with("HTTP/2 200"))
+    })
+    .unwrap();
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("content-length: 1048576"), "{head}");
+    let etag = head
+        .lines()
+        .find_map(|l| l.strip_prefix("etag: "))
+        .unwrap_or_else(|| panic!("no etag: {head}"))
+        .trim()
+        .to_owned();
+    let got = tempfile::tempdir().unwrap();
+    let (big_out, page_out, missing_out) = (
+        got.path().join("big"),
+        got.path().join("page"),
+        got.path().join("missing"),
+    );
+    let (page_url, missing_url) = (format!("{site}/page.txt"), format!("{site}/missing"));
+    for flag in ["--http1.1", "--http2"] {
+        let out = static_curl(&[
+            flag,
+            "--compressed",
+            "-w",
+            "%{http_code} %{num_connects} %header{content-encoding}\n",
+            "-o",
+            big_out.to_str().unwrap(),
+            &big_url,
+            "-o",
+            page_out.to_str().unwrap(),
+            &page_url,
+            "-o",
+            missing_out.to_str().unwrap(),
+            &missing_url,
+        ])
+        .unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines,
+            ["200 1 ", "200 0 gzip", "404 0 gzip"],
+            "{flag}: {out}"
+        );
+        assert!(
+            std::fs::read(&big_out).unwrap() == big,
+            "{flag}: big.bin changed"
+        );
+        assert_eq!(std::fs::read_to_string(&page_out).unwrap(), text, "{flag}");
+        let missing = std::fs::read_to_string(&missing_out).unwrap();
+        assert!(
+            missing.contains("nginx"),
+            "{flag}: not nginx's 404: {missing}"
+        );
+        let if_none = format!("If-None-Match: {etag}");
+        let out = static_curl(&[
+            flag,
+            "-H",
+            &if_none,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &big_url,
+        ])
+        .unwrap();
+        assert_eq!(out, "304", "{flag}");
     }
 
     // A real browser in `client`: headless Chromium trusting the edge CA renders the page (its

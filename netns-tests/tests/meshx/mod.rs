@@ -207,3 +207,32 @@ pub fn sha256(host: &Host, path: &str) -> String {
         .unwrap();
     out.split_whitespace().next().unwrap().to_owned()
 }
+
+/// A real nginx (one process, no workers, so killing it leaves nothing behind) serving `root`
+/// on `127.0.0.1:port` inside `host`, gzip on for text; its config, pid and logs in `dir`.
+pub fn nginx(host: &Host, dir: &std::path::Path, root: &std::path::Path, port: u16) -> Spawned {
+    let d = dir.display();
+    let conf = format!(
+        "daemon off;\nmaster_process off;\nuser root root;\npid {d}/nginx.pid;\n\
+         error_log {d}/error.log;\nevents {{ worker_connections 64; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}; proxy_temp_path {d};\n  \
+         fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n  \
+         default_type application/octet-stream;\n  types {{ text/plain txt; }}\n  \
+         gzip on; gzip_types text/plain; gzip_min_length 1;\n  \
+         server {{ listen 127.0.0.1:{port}; root {}; }}\n}}\n",
+        root.display()
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf).unwrap();
+    let p = host
+        .spawn("nginx", &["-c", path.to_str().unwrap()])
+        .unwrap();
+    host.wait_tcp_listen(port, Duration::from_secs(10))
+        .unwrap_or_else(|e| {
+            panic!(
+                "nginx: {e}\n{}",
+                std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+            )
+        });
+    p
+}
