@@ -122,7 +122,8 @@ pub fn is_upgrade<B>(req: &Request<B>) -> bool {
         && connection_has(req.headers(), "upgrade")
 }
 
-fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+/// Whether the Connection header lists `token` (case-insensitively).
+pub(crate) fn connection_has(headers: &HeaderMap, token: &str) -> bool {
     lists(&headers.get_all(header::CONNECTION), token)
 }
 
@@ -132,11 +133,10 @@ fn lists(connection: &GetAll<'_, HeaderValue>, token: &str) -> bool {
     options(connection).any(|t| t.eq_ignore_ascii_case(token))
 }
 
-/// The Connection header's options, over all its field lines, trimmed (values that are not
-/// text list nothing).
-fn options<'a>(connection: &'a GetAll<'_, HeaderValue>) -> impl Iterator<Item = &'a str> {
-    connection
-        .iter()
+/// The items of a comma-separated list header (Connection's options, Transfer-Encoding's
+/// codings), over all its field lines, trimmed (values that are not text list nothing).
+pub(crate) fn options<'a>(list: &'a GetAll<'_, HeaderValue>) -> impl Iterator<Item = &'a str> {
+    list.iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)

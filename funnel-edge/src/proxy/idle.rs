@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 /// What the list needs to know of a connection.
 pub(crate) trait Conn {
-    /// The connection is gone (the node closed it, or it failed).
-    fn is_closed(&self) -> bool;
+    /// The connection is gone (the node closed it, or it failed). May look at the connection
+    /// (a read that does not wait), hence `&mut`.
+    fn is_closed(&mut self) -> bool;
     /// The connection can take a request now.
     fn is_ready(&self) -> bool;
 }
@@ -34,7 +35,7 @@ impl<C: Conn> IdleList<C> {
     /// Stale connections passed on the way are dropped; open ones not ready yet stay.
     pub(crate) fn take(&mut self, now: Instant, timeout: Duration) -> Option<C> {
         for i in (0..self.conns.len()).rev() {
-            let (c, since) = &self.conns[i];
+            let (c, since) = &mut self.conns[i];
             if !usable(c, *since, now, timeout) {
                 self.conns.remove(i);
             } else if c.is_ready() {
@@ -45,7 +46,7 @@ impl<C: Conn> IdleList<C> {
     }
 
     /// Keeps `c` for a later request, unless it is closed or `max` usable ones are kept already.
-    pub(crate) fn put(&mut self, c: C, now: Instant, timeout: Duration, max: usize) {
+    pub(crate) fn put(&mut self, mut c: C, now: Instant, timeout: Duration, max: usize) {
         if c.is_closed() {
             return;
         }
@@ -60,7 +61,7 @@ impl<C: Conn> IdleList<C> {
     /// Drops every closed connection and every one idle for `timeout` or longer.
     pub(crate) fn sweep(&mut self, now: Instant, timeout: Duration) {
         self.conns
-            .retain(|(c, since)| usable(c, *since, now, timeout));
+            .retain_mut(|(c, since)| usable(c, *since, now, timeout));
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -72,7 +73,7 @@ impl<C: Conn> IdleList<C> {
     }
 }
 
-fn usable<C: Conn>(c: &C, since: Instant, now: Instant, timeout: Duration) -> bool {
+fn usable<C: Conn>(c: &mut C, since: Instant, now: Instant, timeout: Duration) -> bool {
     !c.is_closed() && now.saturating_duration_since(since) < timeout
 }
 

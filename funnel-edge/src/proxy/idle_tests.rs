@@ -25,7 +25,7 @@ impl State {
 }
 
 impl Conn for State {
-    fn is_closed(&self) -> bool {
+    fn is_closed(&mut self) -> bool {
         self.closed.get()
     }
     fn is_ready(&self) -> bool {

@@ -103,7 +103,7 @@ impl Idle {
 pub(crate) type Keep = Box<dyn FnOnce(h1::Conn) + Send>;
 
 impl idle::Conn for SendRequest<Upload> {
-    fn is_closed(&self) -> bool {
+    fn is_closed(&mut self) -> bool {
         SendRequest::is_closed(self)
     }
     fn is_ready(&self) -> bool {
@@ -114,10 +114,6 @@ impl idle::Conn for SendRequest<Upload> {
 /// A kind of connection the pool keeps, in a list of its own per funnel and node.
 trait Pooled: idle::Conn + Sized {
     fn list(idle: &mut Idle) -> &mut IdleList<Self>;
-    /// Checked when the connection is taken; hyper's are watched by their own task.
-    fn still_usable(&mut self) -> bool {
-        true
-    }
 }
 
 impl Pooled for SendRequest<Upload> {
@@ -127,9 +123,10 @@ impl Pooled for SendRequest<Upload> {
 }
 
 impl idle::Conn for h1::Conn {
-    // Whether the node closed an idle connection shows when it is taken (`still_usable`).
-    fn is_closed(&self) -> bool {
-        false
+    // No task watches an idle connection of the edge's own: a read that does not wait tells
+    // whether the node closed it (or sent something unasked).
+    fn is_closed(&mut self) -> bool {
+        !self.is_usable()
     }
     fn is_ready(&self) -> bool {
         true
@@ -139,9 +136,6 @@ impl idle::Conn for h1::Conn {
 impl Pooled for h1::Conn {
     fn list(idle: &mut Idle) -> &mut IdleList<Self> {
         &mut idle.conns
-    }
-    fn still_usable(&mut self) -> bool {
-        self.is_usable()
     }
 }
 
@@ -268,13 +262,10 @@ impl NodePool {
 
 impl Inner {
     /// The most recently used idle connection of kind `C` to `name` on `node_ip` that can take a
-    /// request ([`IdleList::take`], then [`Pooled::still_usable`]); unusable ones met on the way
-    /// are dropped.
+    /// request ([`IdleList::take`]).
     fn take<C: Pooled>(&self, name: &str, node_ip: IpAddr, now: Instant) -> Option<C> {
         let mut idle = lock(&self.idle);
-        let conns = C::list(idle.get_mut(&node_ip)?.get_mut(name)?);
-        std::iter::from_fn(|| conns.take(now, self.idle_timeout))
-            .find_map(|mut c| c.still_usable().then_some(c))
+        C::list(idle.get_mut(&node_ip)?.get_mut(name)?).take(now, self.idle_timeout)
     }
 
     fn put<C: Pooled>(&self, name: Box<str>, node_ip: IpAddr, c: C) {

@@ -73,11 +73,10 @@ pub(crate) async fn forward(
         Err(_) => return timed_out(),
     };
 
-    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-    if switching {
-        let Some(client_upgrade) = client_upgrade else {
-            return pages::bad_gateway("The service switched protocols without being asked to.");
-        };
+    // A switch nobody asked for is refused by `answer`.
+    let asked = client_upgrade.filter(|_| resp.status() == StatusCode::SWITCHING_PROTOCOLS);
+    let switching = asked.is_some();
+    if let Some(client_upgrade) = asked {
         let node_upgrade = hyper::upgrade::on(&mut resp);
         let funnel = name.to_owned();
         tokio::spawn(async move {
@@ -97,7 +96,8 @@ pub(crate) async fn forward(
     answer(resp, switching)
 }
 
-/// The node's response for the client: its headers rewritten, its body streamed.
+/// The node's response for the client: its headers rewritten, its body streamed; a `101` is
+/// passed on only when `switching` (the client asked, and both sides are being spliced).
 fn answer<B>(resp: Response<B>, switching: bool) -> Response<Body>
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
@@ -148,5 +148,34 @@ fn failed(name: &str, e: &UpstreamError) -> Response<Body> {
                 "The service behind this funnel closed the connection without answering.",
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use http_body_util::Full;
+
+    use super::*;
+
+    fn switch() -> Response<Full<Bytes>> {
+        Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("upgrade", "websocket")
+            .header("connection", "upgrade")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_switch_nobody_asked_for_is_a_bad_gateway_and_an_asked_one_keeps_its_upgrade() {
+        let refused = answer(switch(), false);
+        assert_eq!(refused.status(), StatusCode::BAD_GATEWAY);
+        let passed = answer(switch(), true);
+        assert_eq!(passed.status(), StatusCode::SWITCHING_PROTOCOLS);
+        assert_eq!(passed.headers()["upgrade"], "websocket");
+        assert_eq!(passed.headers()["connection"], "upgrade");
+        let ok = answer(Response::new(Full::new(Bytes::from("x"))), false);
+        assert_eq!(ok.status(), StatusCode::OK);
     }
 }

@@ -201,17 +201,14 @@ impl<K: FnOnce(Conn)> Fetched<K> {
     /// The body that `head` announced, on `conn`. A body of no bytes ends here and now.
     pub(crate) fn new(conn: Conn, head: &Head, keep: K) -> Self {
         let (left, hint) = match head.framing {
+            Framing::Length(0) => (Left::Done, SizeHint::with_exact(0)),
             Framing::Length(n) => (Left::Length(n), SizeHint::with_exact(n)),
             Framing::Chunked => (Left::Chunked(Chunked::default()), SizeHint::new()),
             Framing::UntilClose => (Left::UntilClose, SizeHint::new()),
         };
         let mut body = Self {
             conn: Some(conn),
-            left: if matches!(left, Left::Length(0)) {
-                Left::Done
-            } else {
-                left
-            },
+            left,
             hint,
             keep_alive: head.keep_alive,
             keep: Some(keep),

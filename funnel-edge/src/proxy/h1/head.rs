@@ -12,6 +12,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 
+use crate::proxy::headers::{connection_has, options};
+
 /// Most fields a response head may have (hyper's limit too).
 pub(crate) const MAX_FIELDS: usize = 100;
 
@@ -130,7 +132,7 @@ pub(crate) fn take_response(
         headers.append(name, value);
     }
     let (framing, definite) = framing(status, &headers, to_head)?;
-    let keep_alive = http11 && definite && !lists_close(&headers);
+    let keep_alive = http11 && definite && !connection_has(&headers, "close");
     Ok(Some(Head {
         status,
         headers,
@@ -165,12 +167,7 @@ fn framing(
     }
     let coded = headers.get_all(header::TRANSFER_ENCODING);
     if coded.iter().next().is_some() {
-        let last = coded
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .rfind(|c| !c.is_empty());
+        let last = options(&coded).filter(|c| !c.is_empty()).last();
         let chunked = last.is_some_and(|c| c.eq_ignore_ascii_case("chunked"));
         let alone = !headers.contains_key(header::CONTENT_LENGTH);
         return Ok(if chunked {
@@ -198,13 +195,4 @@ fn framing(
         Some(n) => (Framing::Length(n), true),
         None => (Framing::UntilClose, false),
     })
-}
-
-fn lists_close(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("close"))
 }
