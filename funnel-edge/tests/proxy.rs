@@ -156,6 +156,27 @@ async fn connections_to_the_node_are_reused_across_client_connections() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_connections_of_a_burst_are_kept_for_the_next_one() {
+    // 100 requests at once (HTTP/2 streams of one client connection), each held by the service
+    // until all have arrived: 100 streams to the node. Kept, the next burst of 100 needs none
+    // (a pool that kept fewer than it used would open the rest anew on every burst).
+    const N: usize = 100;
+    let edge = Edge::start().await;
+    for until in [N, 2 * N] {
+        let url = edge.url("hello", &format!("/gather/{until}"));
+        let out = edge
+            .curl_command(&["-sS", "--http2", "--parallel", "--parallel-max", "100"])
+            .args(vec![url.as_str(); N])
+            .output()
+            .await
+            .unwrap();
+        let body = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(body.matches("gathered").count(), N, "{out:?}");
+        assert_eq!(edge.dialed().len(), N, "after the burst to {until}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn each_funnel_on_a_node_has_connections_of_its_own() {
     let edge = Edge::start().await;
     let mut ports = Vec::new();

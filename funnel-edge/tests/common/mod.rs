@@ -62,6 +62,8 @@ struct Service {
     max_frames: AtomicUsize,
     /// The SSE handler sends its second event when notified.
     sse_go: Arc<Notify>,
+    /// Requests to `/gather/K` so far; each is answered once K have arrived.
+    gathered: watch::Sender<usize>,
 }
 
 pub struct Edge {
@@ -530,9 +532,28 @@ async fn handle(
                 .unwrap()
         }
         "/ws" => websocket(req),
+        path if path.starts_with("/gather/") => gather(&state, &path["/gather/".len()..]).await,
         _ => Response::builder().status(404).body(full("")).unwrap(),
     };
     Ok(resp)
+}
+
+/// Holds the request until the service has had `until` of them (counted since it started), so
+/// that many are open at once; 504 if they do not come within 10 s.
+async fn gather(state: &Service, until: &str) -> Response<SBody> {
+    let Ok(until) = until.parse::<usize>() else {
+        return Response::builder().status(400).body(full("")).unwrap();
+    };
+    let mut count = state.gathered.subscribe();
+    state.gathered.send_modify(|n| *n += 1);
+    let all = tokio::time::timeout(Duration::from_secs(10), count.wait_for(|n| *n >= until))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    if all {
+        Response::new(full("gathered\n"))
+    } else {
+        Response::builder().status(504).body(full("")).unwrap()
+    }
 }
 
 /// Accepts a WebSocket upgrade and echoes every data message.
