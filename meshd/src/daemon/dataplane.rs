@@ -185,7 +185,7 @@ async fn run(
         mut control,
         coord_up,
         status,
-        mut shutdown,
+        shutdown,
         me,
         pings: mut ping_rx,
     } = wiring;
@@ -208,6 +208,14 @@ async fn run(
         apply_netmap(&mut peers, &map);
         netmap_peers = map.peers;
     }
+    // Kept across rounds: no joining and leaving of waiter lists per round.
+    let changed = next_control(control);
+    tokio::pin!(changed);
+    let stopped = async move {
+        let mut shutdown = shutdown;
+        let _ = shutdown.changed().await;
+    };
+    tokio::pin!(stopped);
     loop {
         tokio::select! {
             Some(req) = ping_rx.recv() => {
@@ -224,7 +232,7 @@ async fn run(
                     }
                 }
             }
-            r = udp.readable() => {
+            r = std::future::poll_fn(|cx| udp.poll_readable(cx)) => {
                 r?;
                 for _ in 0..ROUNDS {
                     match udp.try_recv(&mut urecv) {
@@ -272,11 +280,11 @@ async fn run(
                 sink.pings.expire(now);
                 status.send_replace(snapshot(&peers, &me, *coord_up.borrow()));
             }
-            r = control.changed() => {
-                if r.is_err() {
+            (state, rx) = &mut changed => {
+                let Some(state) = state else {
                     return Ok(());
-                }
-                let state = control.borrow_and_update().clone();
+                };
+                changed.set(next_control(rx));
                 match state {
                     Some(ControlState::Netmap(map)) => {
                         apply_netmap(&mut peers, &map);
@@ -290,10 +298,26 @@ async fn run(
                     None => {}
                 }
             }
-            _ = shutdown.changed() => return Ok(()),
+            () = &mut stopped => return Ok(()),
         }
         sink.flush(&udp, &dev).await;
     }
+}
+
+/// The next control state, from a receiver it owns while it waits and hands back with it: a
+/// driver keeps one such future across its rounds (and makes the next when it completes), so a
+/// round does not join and leave the channel's list of waiters each time (`changed()`'s).
+pub(crate) async fn next_control(
+    mut rx: watch::Receiver<Option<ControlState>>,
+) -> (
+    Option<Option<ControlState>>,
+    watch::Receiver<Option<ControlState>>,
+) {
+    let state = match rx.changed().await {
+        Ok(()) => Some(rx.borrow_and_update().clone()),
+        Err(_) => None,
+    };
+    (state, rx)
 }
 
 /// The figures `meshd status` shows (shared with the userspace driver).

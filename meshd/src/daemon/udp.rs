@@ -5,6 +5,7 @@
 
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
@@ -153,15 +154,36 @@ impl Udp {
         self.sock.readable().await
     }
 
+    /// [`readable`](Self::readable) for a hand-written poll: keeps one waker (the last
+    /// caller's), where each `readable` future joins and leaves a list of waiters.
+    pub fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.sock.poll_recv_ready(cx)
+    }
+
     /// Reads what is queued, without waiting, into `bufs`; `WouldBlock` when nothing is.
+    ///
+    /// A read that fills fewer buffers than it had found the queue empty: the socket is then
+    /// taken as not readable until the runtime hears of a new datagram, so that the next call
+    /// returns `WouldBlock` without asking the kernel again. (The runtime's readiness is edge
+    /// triggered: every datagram that arrives after this read is a new event, none is missed.)
     pub fn try_recv(&self, bufs: &mut RecvBufs) -> io::Result<()> {
         bufs.count = 0;
         let RecvBufs { bufs: b, meta, .. } = bufs;
         let mut slices: Vec<IoSliceMut<'_>> = b.iter_mut().map(|b| IoSliceMut::new(b)).collect();
-        let n = self.sock.try_io(Interest::READABLE, || {
-            self.state.recv((&self.sock).into(), &mut slices, meta)
-        })?;
-        bufs.count = n;
+        let room = slices.len().min(meta.len()).min(quinn_udp::BATCH_SIZE);
+        let mut got = 0;
+        let read = self.sock.try_io(Interest::READABLE, || {
+            got = self.state.recv((&self.sock).into(), &mut slices, meta)?;
+            if got < room {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(())
+        });
+        match read {
+            Err(e) if !(e.kind() == io::ErrorKind::WouldBlock && got > 0) => return Err(e),
+            _ => {}
+        }
+        bufs.count = got;
         Ok(())
     }
 
@@ -257,6 +279,43 @@ mod tests {
         assert!(got.iter().all(|(f, _)| *f == want_from), "{:?}", got[0].0);
         let got: Vec<Vec<u8>> = got.into_iter().map(|(_, d)| d).collect();
         assert_eq!(got, sent);
+    }
+
+    #[tokio::test]
+    async fn a_short_read_ends_the_readiness_until_the_next_datagram_is_heard_of() {
+        let a = Udp::bind(0).unwrap();
+        let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = ("127.0.0.1", a.local_port().unwrap());
+        let mut bufs = RecvBufs::default();
+        let got = |bufs: &RecvBufs| -> Vec<Vec<u8>> {
+            bufs.datagrams().map(|(_, d)| d.to_vec()).collect()
+        };
+        peer.send_to(b"one", to).unwrap();
+        a.readable().await.unwrap();
+        a.try_recv(&mut bufs).unwrap();
+        assert_eq!(got(&bufs), [b"one".to_vec()]);
+        // Queued on the socket (loopback delivers within `send_to`), but the runtime has not
+        // looked at its events since the short read: not asked for, no system call.
+        peer.send_to(b"two", to).unwrap();
+        let e = a.try_recv(&mut bufs).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        // The datagram's own event makes the socket readable again: nothing is missed.
+        tokio::time::timeout(Duration::from_secs(5), a.readable())
+            .await
+            .expect("readable again after a new datagram")
+            .unwrap();
+        a.try_recv(&mut bufs).unwrap();
+        assert_eq!(got(&bufs), [b"two".to_vec()]);
+        // A read that fills every buffer leaves the socket readable: the next read asks.
+        for i in 0..RECV_BUFFERS + 1 {
+            // Different sizes, so that receive offload does not merge them.
+            peer.send_to(&vec![7; 10 + i], to).unwrap();
+        }
+        a.readable().await.unwrap();
+        a.try_recv(&mut bufs).unwrap();
+        assert_eq!(got(&bufs).len(), RECV_BUFFERS);
+        a.try_recv(&mut bufs).unwrap();
+        assert_eq!(got(&bufs), [vec![7; 10 + RECV_BUFFERS]]);
     }
 
     #[tokio::test]

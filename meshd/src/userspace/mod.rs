@@ -32,7 +32,7 @@ use tracing::{debug, info, warn};
 
 use crate::daemon::api::Status;
 use crate::daemon::control_loop::ControlState;
-use crate::daemon::dataplane::{apply_netmap, snapshot, Wiring};
+use crate::daemon::dataplane::{apply_netmap, next_control, snapshot, Wiring};
 use crate::daemon::ping::Pings;
 use crate::wg::{Peers, Sink};
 use device::QueueDevice;
@@ -85,7 +85,7 @@ pub async fn run(
         mut control,
         coord_up,
         status,
-        mut shutdown,
+        shutdown,
         me,
         pings: mut ping_rx,
     } = wiring;
@@ -106,6 +106,15 @@ pub async fn run(
     tokio::pin!(timer);
     let woken = wake.notified();
     tokio::pin!(woken);
+    // The netmap's changes and the shutdown: futures kept across rounds as well (`control`
+    // itself stays for the ping resolver to read the current netmap).
+    let changed = next_control(control.clone());
+    tokio::pin!(changed);
+    let stopped = async move {
+        let mut shutdown = shutdown;
+        let _ = shutdown.changed().await;
+    };
+    tokio::pin!(stopped);
     loop {
         let now = Instant::now();
         core.poll(now);
@@ -136,7 +145,7 @@ pub async fn run(
                     peers.handle_outbound(&pkt, now, &mut sink);
                 }
             }
-            r = udp.readable() => {
+            r = std::future::poll_fn(|cx| udp.poll_readable(cx)) => {
                 r?;
                 let now = Instant::now();
                 let mut sink = StackSink {
@@ -173,11 +182,11 @@ pub async fn run(
                 pings.expire(now);
                 publish(&status, &peers, &me, &coord_up, &core);
             }
-            r = control.changed() => {
-                if r.is_err() {
+            (state, rx) = &mut changed => {
+                let Some(state) = state else {
                     return Ok(());
-                }
-                let state = control.borrow_and_update().clone();
+                };
+                changed.set(next_control(rx));
                 match state {
                     Some(ControlState::Netmap(map)) => {
                         apply_netmap(&mut peers, &map);
@@ -192,7 +201,7 @@ pub async fn run(
                     None => {}
                 }
             }
-            _ = shutdown.changed() => return Ok(()),
+            () = &mut stopped => return Ok(()),
         }
     }
 }
