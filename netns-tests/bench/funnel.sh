@@ -13,8 +13,9 @@
 # Usage (as root, from anywhere in the repository):
 #   netns-tests/bench/funnel.sh [--duration S] [--connections N,M,...] [--rounds N] [--firsts N]
 #                               [--no-build] [--edge-tun] [--edge-cpu F] [--hold S] [--append-doc]
-# --connections: wrk's concurrent connections for requests per second, one row each (default 16,64:
-# with 16 the funnel's longer path leaves its edge waiting part of the time, with 64 it is busy).
+# --connections: wrk's concurrent connections for requests per second, one row each (default
+# 16,64,256: with 16 the funnel's longer path leaves its edge waiting part of the time, with 64 it
+# is busy, 256 are more requests in flight than a small connection pool to the node would keep).
 # --rounds N: each requests-per-second row alternates funnel and direct N times (default 1), each
 # run S/N seconds, and reports the means, so that the machine's speed changing during a row (a
 # shared or virtual machine) weighs on both sides alike, and the median (and range) of the N
@@ -34,7 +35,7 @@ set -euo pipefail
 ORIG_CMD="netns-tests/bench/funnel.sh $*"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 DURATION=10
-CONNS=16,64
+CONNS=16,64,256
 ROUNDS=1
 FIRSTS=5
 BUILD=1
