@@ -372,11 +372,20 @@ pub async fn start(cfg: UpConfig) -> anyhow::Result<Node> {
 
 type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
+/// Packets the kernel may queue on the TUN device for the data plane to read. The kernel's
+/// default (500) is less than two queued segments each of a few hundred TCP connections (what
+/// TCP small queues lets each one have): a burst of many flows then overflows the device's ring,
+/// and every packet dropped there is a loss their TCP recovers from by sending more. Measured
+/// through a funnel, 256 concurrent 1 MiB downloads: 52,000 packets dropped at the node's device
+/// in 10 s with 500, none with 5000. A pointer per slot, so 4096 costs 32 KiB.
+pub const TX_QUEUE_LEN: u32 = 4096;
+
 fn create_tun(name: &str, me: &proto::Node) -> anyhow::Result<tun_rs::SyncDevice> {
     let build = |offload: bool| {
         tun_rs::DeviceBuilder::new()
             .name(name)
             .mtu(dataplane::MTU)
+            .tx_queue_len(TX_QUEUE_LEN)
             // Segments up to 64 KiB from the kernel's TCP, and merged segments back to it.
             .offload(offload)
             .build_sync()
