@@ -31,6 +31,7 @@ impl SharedSocket {
                 fin: false,
                 tail: BytesMut::new(),
                 reader_gone: false,
+                discarded: false,
                 writer_gone: false,
             }),
         }
@@ -72,6 +73,8 @@ pub(super) struct SockState {
     /// The application dropped its reader: bytes that arrive are discarded.
     pub(super) reader_gone: bool,
     pub(super) writer_gone: bool,
+    /// Bytes were discarded: the peer sends what nobody will read.
+    pub(super) discarded: bool,
 }
 
 impl SockState {
@@ -91,8 +94,10 @@ impl SockState {
         let state = sock.state();
         self.fin |= peer_finished(state);
         if self.reader_gone {
-            drain(sock, |_| {});
+            let mut any = !self.tail.is_empty();
+            drain(sock, |b| any |= !b.is_empty());
             self.tail.clear();
+            self.discarded |= any;
         } else if state == State::TimeWait {
             drain(sock, |b| self.tail.extend_from_slice(b));
         }

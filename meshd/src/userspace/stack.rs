@@ -705,10 +705,17 @@ impl StackCore {
     /// An open connection: the socket's FIN, TIME-WAIT and unread bytes settled; false once the
     /// socket is closed (the application keeps what it has not read), or once the application
     /// has gone and the socket has closed or lingered too long.
+    ///
+    /// An application that has gone with bytes unread (or before more arrived) gets the socket
+    /// reset, as a kernel's would, once what it wrote has been acknowledged: the peer stops
+    /// sending then, where a FIN would let it send the rest of its stream (a whole download
+    /// whose client left) into a socket nobody reads. Until then the socket lingers, so that an
+    /// answer written before the close (to an upload not read) still arrives.
     fn pump_open(st: &mut SockState, conn: &mut Conn, now: Instant) -> bool {
         use tcp::State;
         st.settle();
         let app_gone = st.app_gone();
+        let unwanted = st.discarded;
         let sock = st.socket();
         if sock.state() == State::Closed {
             return false;
@@ -717,6 +724,10 @@ impl StackCore {
             return true;
         }
         if sock.state() == State::TimeWait {
+            return false;
+        }
+        if unwanted && sock.send_queue() == 0 {
+            sock.abort();
             return false;
         }
         if sock.may_send() {

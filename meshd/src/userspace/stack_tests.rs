@@ -500,6 +500,41 @@ async fn a_writer_is_not_left_waiting_when_the_reader_went_away() {
     .await;
 }
 
+/// A connection dropped with bytes unread is reset: the peer's writes fail, instead of going on
+/// into a socket nobody reads (the rest of a download whose client left).
+#[tokio::test]
+async fn a_connection_dropped_with_bytes_unread_is_reset() {
+    let (mut a, mut b, mut clients, mut servers) = stepped_pair(1).await;
+    let (client, mut server) = (clients.remove(0), servers.remove(0));
+    let download = tokio::spawn(async move {
+        let r = server.writer.send(&vec![7u8; 8 * SOCKET_BUFFER]).await;
+        (r, server)
+    });
+    // Until the client's buffer holds part of it.
+    let queued = |c: &Connection| c.reader.sock.lock().socket().recv_queue();
+    for _ in 0..10_000 {
+        step(&mut a, &mut b);
+        tokio::task::yield_now().await;
+        if queued(&client) > 0 {
+            break;
+        }
+    }
+    assert!(queued(&client) > 0);
+    drop(client);
+    for _ in 0..10_000 {
+        if download.is_finished() {
+            break;
+        }
+        step(&mut a, &mut b);
+        tokio::task::yield_now().await;
+    }
+    let (sent, mut server) = download.await.unwrap();
+    let e = sent.unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::BrokenPipe, "{e}");
+    let e = bounded(server.reader.recv()).await.unwrap().unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::ConnectionReset);
+}
+
 /// A stopped driver fails its connections' reads and writes instead of leaving them waiting.
 #[tokio::test]
 async fn a_stopped_stack_fails_reads_and_writes() {
