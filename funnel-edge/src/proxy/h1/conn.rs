@@ -12,7 +12,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll, Waker};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::StatusCode;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
@@ -265,11 +265,14 @@ impl<K: FnOnce(Conn) + Unpin> Body for Fetched<K> {
             let Some(conn) = this.conn.as_mut() else {
                 return Poll::Ready(None);
             };
-            conn.buf.reserve(this.left.read_size());
+            // At most `read_size`: the buffer may have more room than was asked for (it keeps
+            // the size of its first allocation), and a read fills all the room it is given.
+            let want = this.left.read_size();
+            conn.buf.reserve(want);
             let read = ready!(tokio_util::io::poll_read_buf(
                 Pin::new(&mut conn.io),
                 cx,
-                &mut conn.buf
+                &mut (&mut conn.buf).limit(want)
             ));
             match read {
                 Ok(0) if matches!(this.left, Left::UntilClose) => {

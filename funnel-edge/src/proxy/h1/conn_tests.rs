@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::conn::BodyError;
-use super::head::write_request;
+use super::head::{write_request, Head};
 use super::{Conn, FetchError, Fetched};
 
 const MAX: usize = 64 * 1024;
@@ -93,18 +93,30 @@ fn keeper() -> (Kept, impl FnOnce(Conn) + Unpin + Send + 'static) {
     (kept, move |c| *k.lock().unwrap() = Some(c))
 }
 
+/// Sends a request on `conn`: the response's head, its body as it arrives, and where the body
+/// puts the connection back.
+async fn open(
+    mut conn: Conn,
+    method: Method,
+    path: &str,
+) -> (Head, Fetched<impl FnOnce(Conn) + Unpin + Send>, Kept) {
+    let to_head = method == Method::HEAD;
+    let head = conn
+        .round_trip(&get(method, path), to_head, MAX)
+        .await
+        .unwrap();
+    let (kept, keep) = keeper();
+    let body = Fetched::new(conn, &head, keep);
+    (head, body, kept)
+}
+
+/// [`open`], with the whole body.
 async fn fetch(
     conn: Conn,
     method: Method,
     path: &str,
 ) -> (StatusCode, Result<Bytes, BodyError>, Kept) {
-    let mut conn = conn;
-    let head = conn
-        .round_trip(&get(method, path), false, MAX)
-        .await
-        .unwrap();
-    let (kept, keep) = keeper();
-    let body = Fetched::new(conn, &head, keep);
+    let (head, body, kept) = open(conn, method, path).await;
     let bytes = body.collect().await.map(|c| c.to_bytes());
     (head.status, bytes, kept)
 }
@@ -127,13 +139,8 @@ async fn lengths_and_chunks_from_hyper_arrive_and_the_connection_is_kept() {
     assert_eq!(&body.unwrap()[..], b"one two three");
     let mut conn = take(&kept).expect("kept after a chunked body");
     assert!(conn.is_usable());
-    let head = conn
-        .round_trip(&get(Method::HEAD, "/len"), true, MAX)
-        .await
-        .unwrap();
+    let (head, body, kept) = open(conn, Method::HEAD, "/len").await;
     assert_eq!(head.headers["content-length"], "11");
-    let (kept, keep) = keeper();
-    let body = Fetched::new(conn, &head, keep);
     assert!(hyper::body::Body::is_end_stream(&body));
     assert!(
         take(&kept).is_some(),
@@ -254,13 +261,7 @@ async fn no_answer_is_told_apart_from_half_an_answer() {
 #[tokio::test]
 async fn a_body_dropped_before_its_end_takes_its_connection_with_it() {
     let addr = hyper_service().await;
-    let mut conn = connect(addr).await;
-    let head = conn
-        .round_trip(&get(Method::GET, "/chunks"), false, MAX)
-        .await
-        .unwrap();
-    let (kept, keep) = keeper();
-    let mut body = Fetched::new(conn, &head, keep);
+    let (_, mut body, kept) = open(connect(addr).await, Method::GET, "/chunks").await;
     let first = body.frame().await.unwrap().unwrap();
     assert_eq!(first.into_data().unwrap(), "one ");
     drop(body);
@@ -283,13 +284,7 @@ async fn a_large_body_streams_in_pieces_and_arrives_whole() {
             .serve_connection(TokioIo::new(s), svc)
             .await;
     });
-    let mut conn = connect(addr).await;
-    let head = conn
-        .round_trip(&get(Method::GET, "/"), false, MAX)
-        .await
-        .unwrap();
-    let (kept, keep) = keeper();
-    let mut body = Fetched::new(conn, &head, keep);
+    let (_, mut body, kept) = open(connect(addr).await, Method::GET, "/").await;
     let (mut got, mut frames) = (Vec::new(), 0);
     while let Some(f) = body.frame().await {
         let d = f.unwrap().into_data().unwrap();
