@@ -211,10 +211,7 @@ async fn run(
     // Kept across rounds: no joining and leaving of waiter lists per round.
     let changed = next_control(control);
     tokio::pin!(changed);
-    let stopped = async move {
-        let mut shutdown = shutdown;
-        let _ = shutdown.changed().await;
-    };
+    let stopped = first_change(shutdown);
     tokio::pin!(stopped);
     loop {
         tokio::select! {
@@ -232,7 +229,7 @@ async fn run(
                     }
                 }
             }
-            r = std::future::poll_fn(|cx| udp.poll_readable(cx)) => {
+            r = udp.readable() => {
                 r?;
                 for _ in 0..ROUNDS {
                     match udp.try_recv(&mut urecv) {
@@ -318,6 +315,12 @@ pub(crate) async fn next_control(
         Err(_) => None,
     };
     (state, rx)
+}
+
+/// Resolves at the first change of `rx` (or once its sender is gone), owning the receiver: for a
+/// driver's shutdown signal, kept across its rounds like [`next_control`].
+pub(crate) async fn first_change<T>(mut rx: watch::Receiver<T>) {
+    let _ = rx.changed().await;
 }
 
 /// The figures `meshd status` shows (shared with the userspace driver).

@@ -5,7 +5,6 @@
 
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
@@ -150,14 +149,10 @@ impl Udp {
         }
     }
 
+    /// Waits until a datagram may be read. Keeps one waker, the last caller's (one task reads
+    /// the socket), where tokio's `readable` joins and leaves a list of waiters on every call.
     pub async fn readable(&self) -> io::Result<()> {
-        self.sock.readable().await
-    }
-
-    /// [`readable`](Self::readable) for a hand-written poll: keeps one waker (the last
-    /// caller's), where each `readable` future joins and leaves a list of waiters.
-    pub fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.sock.poll_recv_ready(cx)
+        std::future::poll_fn(|cx| self.sock.poll_recv_ready(cx)).await
     }
 
     /// Reads what is queued, without waiting, into `bufs`; `WouldBlock` when nothing is.

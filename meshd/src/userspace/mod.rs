@@ -32,7 +32,7 @@ use tracing::{debug, info, warn};
 
 use crate::daemon::api::Status;
 use crate::daemon::control_loop::ControlState;
-use crate::daemon::dataplane::{apply_netmap, next_control, snapshot, Wiring};
+use crate::daemon::dataplane::{apply_netmap, first_change, next_control, snapshot, Wiring};
 use crate::daemon::ping::Pings;
 use crate::wg::{Peers, Sink};
 use device::QueueDevice;
@@ -110,10 +110,7 @@ pub async fn run(
     // itself stays for the ping resolver to read the current netmap).
     let changed = next_control(control.clone());
     tokio::pin!(changed);
-    let stopped = async move {
-        let mut shutdown = shutdown;
-        let _ = shutdown.changed().await;
-    };
+    let stopped = first_change(shutdown);
     tokio::pin!(stopped);
     loop {
         let now = Instant::now();
@@ -145,7 +142,7 @@ pub async fn run(
                     peers.handle_outbound(&pkt, now, &mut sink);
                 }
             }
-            r = std::future::poll_fn(|cx| udp.poll_readable(cx)) => {
+            r = udp.readable() => {
                 r?;
                 let now = Instant::now();
                 let mut sink = StackSink {
