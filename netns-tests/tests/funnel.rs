@@ -101,10 +101,12 @@ fn a_page_behind_nat_reaches_the_internet_through_the_edge_and_nothing_else_does
     let curl = |extra: &[&str]| -> netns_tests::Result<String> {
         curl_at(&resolve, &[extra, &[url.as_str()]].concat())
     };
+    // The node is behind NAT: the edge's handshakes reach it only once the node has sent to the
+    // edge, which it does as soon as the edge is its peer (not at its first keepalive, 25 s on).
     let mut page = String::new();
     wait_until(
         "the page through the funnel",
-        Duration::from_secs(30),
+        Duration::from_secs(10),
         || {
             page = curl(&[])?;
             Ok(page.contains("Hello from meshfunnel"))
@@ -292,10 +294,20 @@ fn a_page_behind_nat_reaches_the_internet_through_the_edge_and_nothing_else_does
     // Off: the edge answers 404 for the name.
     let (ok, out) = node.cli(&["funnel", "off"]);
     assert!(ok, "{out}");
+    let mut seen = Vec::new();
     wait_until("404 after funnel off", Duration::from_secs(10), || {
-        Ok(curl(&["-o", "/dev/null", "-w", "%{http_code}"])? == "404")
+        let t = std::time::Instant::now();
+        let code = curl(&["-o", "/dev/null", "-w", "%{http_code}"])?;
+        seen.push(format!("{code} in {:?}", t.elapsed()));
+        Ok(code == "404")
     })
-    .unwrap();
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: {seen:?}\n--- edge ---\n{}\n--- node ---\n{}",
+            edge.stderr(),
+            node.process.stderr()
+        )
+    });
 }
 
 /// Loads `url` in headless Chromium inside `host` (a fresh profile and NSS database in `dir`,

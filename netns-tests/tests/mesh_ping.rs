@@ -86,6 +86,33 @@ fn every_pair_of_nodes_pings_over_the_mesh() {
     let (ok, text) = nodes[0].cli(&["ping", "nobody", "-c", "1"]);
     assert!(!ok && text.contains("no peer named"), "{text}");
 
+    // A mesh address no peer owns: a connect to it fails with "no route to host" (meshd answers
+    // the host with ICMP host unreachable, as kernel WireGuard does) instead of sending SYNs for
+    // minutes.
+    let mut unowned6: std::net::Ipv6Addr = nodes[0].ipv6.parse().unwrap();
+    let mut segments = unowned6.segments();
+    segments[7] = 0xfffe;
+    unowned6 = segments.into();
+    for addr in ["100.64.255.254".to_owned(), unowned6.to_string()] {
+        let started = std::time::Instant::now();
+        // bash's /dev/tcp: a plain connect(2), and its error as the kernel gave it.
+        let connect = format!("exec 3<>/dev/tcp/{addr}/8080");
+        let out = hosts[1]
+            .output(
+                "timeout",
+                &["20", "bash", "-c", &connect],
+                Duration::from_secs(25),
+            )
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("No route to host"), "{addr}: {err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{addr}: {:?}",
+            started.elapsed()
+        );
+    }
+
     // The TUN device queues up to meshd's TX_QUEUE_LEN packets, not the kernel's default 500.
     let link = hosts[1]
         .run("ip", &["link", "show", "mesh0"], Duration::from_secs(5))

@@ -319,6 +319,11 @@ impl StackCore {
                 .demux(packet.bytes())
                 .and_then(|id| Some((id, self.slots.get_mut(&id)?)));
             let Some((id, slot)) = found else {
+                // Not a TCP segment of a connection: an ICMP error about one, maybe.
+                let icmp = self.device.rx.front();
+                if let Some(flow) = icmp.and_then(|p| unreachable_flow(p.bytes())) {
+                    self.unreachable(flow);
+                }
                 self.iface
                     .poll_ingress_single(ts, &mut self.device, &mut self.unmatched);
                 continue;
@@ -330,6 +335,34 @@ impl StackCore {
             }
             Self::touch(&mut self.slots, &mut self.touched, id);
         }
+    }
+
+    /// An ICMP "unreachable" about `flow`: a connection whose SYN is out fails at once with
+    /// [`io::ErrorKind::HostUnreachable`], as a kernel's connect does (smoltcp would retry its
+    /// SYN until the connection's timeout). Established connections ignore it, as TCP does.
+    fn unreachable(&mut self, flow: Flow) {
+        let Some(&id) = self.flows.get(&flow) else {
+            return;
+        };
+        let Some(slot) = self.slots.get_mut(&id) else {
+            return;
+        };
+        let Some(conn) = slot.conn.as_mut() else {
+            return;
+        };
+        if !matches!(conn.phase, Phase::Connecting(_)) {
+            return;
+        }
+        if let Phase::Connecting(reply) = std::mem::replace(&mut conn.phase, Phase::Open) {
+            debug!(remote = %flow.1, "connect: host unreachable");
+            let _ = reply.send(Err(io::Error::new(
+                io::ErrorKind::HostUnreachable,
+                format!("no route to {}: no peer of the mesh owns it", flow.1.ip()),
+            )));
+        }
+        slot.sock.lock().socket().abort();
+        conn.finished = true;
+        Self::touch(&mut self.slots, &mut self.touched, id);
     }
 
     /// The slot a packet is for: its flow's, or a listening one for a SYN to a port listened on.
@@ -755,6 +788,33 @@ impl Drop for StackCore {
 /// A TCP packet's flow (its destination is the node's end), and whether it opens a connection
 /// (SYN without ACK), read with the data plane's parser. `None` for anything else (later
 /// fragments and malformed packets included): those go to no socket.
+/// The connection (our end, the peer's end) an ICMP "destination unreachable" reports on, when
+/// it quotes one of our TCP segments. "Fragmentation needed" is not a failure to connect.
+fn unreachable_flow(p: &[u8]) -> Option<Flow> {
+    use crate::packet::{ipproto, Icmp, IcmpMessage};
+    let info = crate::packet::parse(p).ok()?;
+    let Transport::Icmp(Icmp {
+        icmp_type,
+        code,
+        message: IcmpMessage::Error {
+            original: Some(original),
+        },
+    }) = info.transport
+    else {
+        return None;
+    };
+    let unreachable = match info.dst {
+        IpAddr::V4(_) => icmp_type == 3 && code != 4,
+        IpAddr::V6(_) => icmp_type == 1,
+    };
+    (unreachable && original.protocol == ipproto::TCP).then(|| {
+        (
+            SocketAddr::new(original.src, original.src_port),
+            SocketAddr::new(original.dst, original.dst_port),
+        )
+    })
+}
+
 fn parse_flow(p: &[u8]) -> Option<(Flow, bool)> {
     let info = crate::packet::parse(p).ok()?;
     let Transport::Tcp {

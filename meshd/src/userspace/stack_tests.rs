@@ -634,3 +634,54 @@ fn packets_are_matched_to_their_flow() {
     not_tcp[6] = 59; // "no next header"
     assert_eq!(parse_flow(&not_tcp), None);
 }
+
+/// Hands what the stack sends to a WireGuard core and what the core delivers back to the stack.
+struct ToStack<'a>(&'a mut QueueDevice);
+
+impl crate::wg::Sink for ToStack<'_> {
+    fn send_udp(&mut self, _: SocketAddr, _: &[u8]) {}
+    fn room(&mut self, len: usize) -> &mut [u8] {
+        self.0.rx_room(len)
+    }
+    fn deliver(&mut self, len: usize) {
+        self.0.push_room(len);
+    }
+}
+
+#[tokio::test]
+async fn a_connect_to_an_address_no_peer_owns_fails_as_unreachable() {
+    // The stack in front of a WireGuard core whose netmap lists nobody (B left it, say).
+    let now = Instant::now();
+    let (mut core, stack) = StackCore::new(A, "fd00::1".parse().unwrap(), 1420, now);
+    let filter = crate::filter::PacketFilter::new(crate::filter::FilterLimits::default());
+    let mut peers = crate::wg::Peers::new(keys::PrivateKey::generate(), filter);
+    tokio::spawn(async move {
+        let wake = core.waker();
+        loop {
+            let now = Instant::now();
+            core.poll(now);
+            while let Some(p) = core.device.tx.pop_front() {
+                peers.handle_outbound(&p, now, &mut ToStack(&mut core.device));
+            }
+            peers.tick(now, &mut ToStack(&mut core.device));
+            if core.device.rx.is_empty() {
+                tokio::select! {
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+            }
+        }
+    });
+    bounded(async {
+        for remote in [SocketAddr::from((B, 80)), "[fd00::2]:80".parse().unwrap()] {
+            let err = stack.connect(remote).await.err().unwrap();
+            assert_eq!(
+                err.kind(),
+                io::ErrorKind::HostUnreachable,
+                "{remote}: {err}"
+            );
+            assert!(err.to_string().contains("no peer"), "{err}");
+        }
+    })
+    .await;
+}

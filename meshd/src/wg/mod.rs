@@ -15,7 +15,11 @@
 //! per key, see `pending`). After [`Peers::set_peers`] the driver calls [`Peers::replay_pending`]
 //! at once, which handles those from keys now known as if they had just arrived from their
 //! recorded source, so a joining node need not wait for its 5 s retry. [`Peers::tick`] does the
-//! same, and forgets kept initiations once they are stale.
+//! same, and forgets kept initiations once they are stale. A peer the netmap adds is greeted
+//! with a handshake by the same call, so a node behind NAT opens its mapping to the peer at once.
+//!
+//! A packet from the host to an address no peer owns is kept a moment (`unrouted`), then
+//! dropped, and the host is told with an ICMP "unreachable" through [`Sink::deliver`].
 
 mod peer;
 mod pending;
@@ -102,6 +106,8 @@ pub struct Peers {
     pending: PendingInits,
     /// Packets to addresses no peer owns yet (see `unrouted`).
     unrouted: Unrouted,
+    /// Peers added since the last [`Peers::replay_pending`], to be greeted with a handshake.
+    greet: Vec<u32>,
     buf: Vec<u8>,
 }
 
@@ -149,6 +155,7 @@ impl Peers {
             drops: Drops::default(),
             pending: PendingInits::default(),
             unrouted: Unrouted::default(),
+            greet: Vec::new(),
             buf: vec![0; BUF],
         }
     }
@@ -239,6 +246,7 @@ impl Peers {
                     self.by_key.insert(node.public_key, idx);
                     info!(peer = %node.name, ipv4 = %node.ipv4, "peer added");
                     self.peers.insert(idx, Peer::new(node.clone(), tunn));
+                    self.greet.push(idx);
                 }
             }
         }
@@ -254,7 +262,9 @@ impl Peers {
         let Some(idx) = self.routes.lookup(info.dst) else {
             // Kept a moment: the netmap may be about to list the destination's owner.
             trace!(dst = %info.dst, "no peer owns this destination (yet)");
-            self.drops.no_route += self.unrouted.hold(pkt, now);
+            if let Some(old) = self.unrouted.hold(pkt, now) {
+                self.no_route(&old, sink);
+            }
             return;
         };
         self.filter.outbound(&info, now);
@@ -301,18 +311,23 @@ impl Peers {
 
     /// Sends the kept packets from the host whose destinations peers own now, and handles the
     /// kept initiations whose keys are peers now (see [`Peers::set_peers`]) as if they had just
-    /// arrived from where they came from, so the handshake responses go out. Call
-    /// right after `set_peers`; `tick` calls it too.
+    /// arrived from where they came from, so the handshake responses go out. Then greets the
+    /// peers added since, that neither of those reached ([`Peer::greet`]). Call right after
+    /// `set_peers`; `tick` calls it too.
     pub fn replay_pending(&mut self, now: Instant, sink: &mut impl Sink) {
         self.replay_unrouted(now, sink);
-        if self.pending.is_empty() {
-            return;
+        if !self.pending.is_empty() {
+            let by_key = &self.by_key;
+            let due = self.pending.take_known(now, |k| by_key.contains_key(k));
+            for p in due {
+                debug!(from = %p.from, "answering an initiation that came before the netmap");
+                self.handle_datagram(p.from, &p.datagram, now, sink);
+            }
         }
-        let by_key = &self.by_key;
-        let due = self.pending.take_known(now, |k| by_key.contains_key(k));
-        for p in due {
-            debug!(from = %p.from, "answering an initiation that came before the netmap");
-            self.handle_datagram(p.from, &p.datagram, now, sink);
+        for idx in std::mem::take(&mut self.greet) {
+            if let Some(peer) = self.peers.get_mut(&idx) {
+                peer.greet(&mut self.buf, sink);
+            }
         }
     }
 
@@ -321,14 +336,30 @@ impl Peers {
         if self.unrouted.is_empty() {
             return;
         }
-        self.drops.no_route += self.unrouted.expire(now);
+        self.expire_unrouted(now, sink);
         for (at, pkt) in self.unrouted.take() {
             let routed = packet::parse(&pkt).is_ok_and(|i| self.routes.lookup(i.dst).is_some());
             if routed {
                 self.handle_outbound(&pkt, now, sink);
-            } else {
-                self.drops.no_route += self.unrouted.hold(&pkt, at);
+            } else if let Some(old) = self.unrouted.hold(&pkt, at) {
+                self.no_route(&old, sink);
             }
+        }
+    }
+
+    fn expire_unrouted(&mut self, now: Instant, sink: &mut impl Sink) {
+        for pkt in self.unrouted.expire(now) {
+            self.no_route(&pkt, sink);
+        }
+    }
+
+    /// A packet from the host that no peer owns: counted, and the host told
+    /// ([`unrouted::unreachable`]).
+    fn no_route(&mut self, pkt: &[u8], sink: &mut impl Sink) {
+        self.drops.no_route += 1;
+        if let Some(icmp) = unrouted::unreachable(pkt) {
+            sink.room(icmp.len())[..icmp.len()].copy_from_slice(&icmp);
+            sink.deliver(icmp.len());
         }
     }
 
@@ -515,6 +546,6 @@ impl Peers {
         // A driver that forgot `replay_pending` after `set_peers` still answers within a tick.
         self.replay_pending(now, sink);
         self.pending.expire(now);
-        self.drops.no_route += self.unrouted.expire(now);
+        self.expire_unrouted(now, sink);
     }
 }

@@ -70,6 +70,20 @@ impl Peer {
         !self.node.endpoints.is_empty()
     }
 
+    /// Starts a handshake with a peer just added, unless one is under way or it has already
+    /// been heard from. WireGuard waits for traffic (or the first keepalive, 25 s on) to start
+    /// one; a node behind NAT that waited would leave its mapping closed to a peer that wants to
+    /// reach it — the funnel edge — for that long: the edge's own handshakes to it are dropped
+    /// at the NAT until the node has sent something through.
+    pub(super) fn greet(&mut self, buf: &mut [u8], sink: &mut impl Sink) {
+        if self.endpoint.is_some() {
+            return;
+        }
+        if let TunnResult::WriteToNetwork(out) = self.tunn.format_handshake_initiation(buf, false) {
+            self.send(out, sink);
+        }
+    }
+
     pub(super) fn tick(&mut self, buf: &mut [u8], sink: &mut impl Sink) {
         match self.tunn.update_timers(buf) {
             TunnResult::WriteToNetwork(out) => {

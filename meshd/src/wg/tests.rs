@@ -13,7 +13,7 @@ use proto::{Node, NodeId};
 
 use super::*;
 use crate::filter::{FilterLimits, PacketFilter};
-use crate::packet::build;
+use crate::packet::{self, build, TcpFlags};
 
 #[derive(Default)]
 struct Out {
@@ -276,8 +276,85 @@ fn netmap_changes_leave_unchanged_sessions_alone() {
     // Kept a moment in case the netmap brings B back, then dropped and counted.
     assert_eq!(a.peers.drops().no_route, 0);
     a.peers.tick(now + Duration::from_secs(1), &mut a.out);
-    assert!(a.out.sent.is_empty());
+    assert_eq!(kinds(&a.out), vec![(c.addr, 1)], "C greeted; nothing for B");
     assert_eq!(a.peers.drops().no_route, 1);
+}
+
+#[test]
+fn the_host_is_told_when_no_peer_owns_a_destination() {
+    let mut a = host(1, allow_all());
+    let b = host(2, allow_all());
+    a.peers.set_peers(&[]);
+    let t0 = Instant::now();
+    let syn4 = build::tcp_v4(a.node.ipv4, b.node.ipv4, 40000, 80, TcpFlags::SYN, b"");
+    let syn6 = build::tcp_v6(a.node.ipv6, b.node.ipv6, 40001, 80, TcpFlags::SYN, b"");
+    // An ICMP error is never answered with one.
+    let err = build::icmp_error_v4(a.node.ipv4, b.node.ipv4, 3, 3, &syn4);
+    for p in [&syn4, &syn6, &err] {
+        a.peers.handle_outbound(p, t0, &mut a.out);
+    }
+    // Kept while the netmap may still bring the owner.
+    a.peers.tick(t0 + Duration::from_millis(100), &mut a.out);
+    assert!(a.out.delivered.is_empty());
+    a.peers.tick(t0 + Duration::from_millis(600), &mut a.out);
+    assert_eq!(a.peers.drops().no_route, 3);
+    assert!(a.out.sent.is_empty());
+    let got: Vec<_> = a
+        .out
+        .delivered
+        .iter()
+        .map(|d| packet::parse(d).unwrap())
+        .collect();
+    assert_eq!(got.len(), 2, "{got:?}");
+    for (icmp, (syn, want)) in got.iter().zip([(&syn4, (3, 1)), (&syn6, (1, 3))]) {
+        let syn = packet::parse(syn).unwrap();
+        // From the unreachable address to the sender, about the SYN's flow.
+        assert_eq!((icmp.src, icmp.dst), (syn.dst, syn.src));
+        let packet::Transport::Icmp(i) = icmp.transport else {
+            panic!("{icmp:?}");
+        };
+        assert_eq!((i.icmp_type, i.code), want);
+        let packet::IcmpMessage::Error { original: Some(f) } = i.message else {
+            panic!("{i:?}");
+        };
+        assert_eq!(Some(f), syn.flow());
+    }
+}
+
+/// Where each datagram `out` sent went, with its WireGuard message type (1 initiation, 2
+/// response, 4 data).
+fn kinds(out: &Out) -> Vec<(SocketAddr, u8)> {
+    out.sent.iter().map(|(to, d)| (*to, d[0])).collect()
+}
+
+#[test]
+fn a_peer_just_added_is_greeted_with_a_handshake_once() {
+    // A is behind NAT: B's handshakes could not reach it before A sent something to B. A does
+    // not wait for traffic (or its first keepalive) to send something.
+    let (mut a, mut b) = pair();
+    let now = Instant::now();
+    a.peers.replay_pending(now, &mut a.out);
+    assert_eq!(kinds(&a.out), vec![(b.addr, 1)]);
+    pump(&mut [&mut a, &mut b], now);
+    assert_eq!(b.peers.stats()[0].endpoint, Some(a.addr), "B heard from A");
+    assert!(
+        a.peers.stats()[0].since_handshake.is_some(),
+        "the session is up"
+    );
+    // B's first packet to A is data at once.
+    let p = build::udp_v4(b.node.ipv4, a.node.ipv4, 1, 2, b"to a");
+    b.peers.handle_outbound(&p, now, &mut b.out);
+    assert_eq!(kinds(&b.out), vec![(a.addr, 4)]);
+    pump(&mut [&mut a, &mut b], now);
+    assert_eq!(a.out.delivered, vec![p]);
+    // Greeted once: later rounds and a netmap that changes nothing send nothing.
+    a.peers.set_peers(std::slice::from_ref(&b.node));
+    a.peers.replay_pending(now, &mut a.out);
+    a.peers.tick(now + Duration::from_millis(100), &mut a.out);
+    assert!(a.out.sent.is_empty(), "{:?}", kinds(&a.out));
+    // B heard from A before its first round: it does not greet.
+    b.peers.replay_pending(now, &mut b.out);
+    assert!(b.out.sent.is_empty(), "{:?}", kinds(&b.out));
 }
 
 #[test]
@@ -396,7 +473,7 @@ fn a_stale_initiation_is_not_replayed() {
     a.peers.set_peers(std::slice::from_ref(&b.node));
     a.peers
         .replay_pending(t1 + Duration::from_millis(3_100), &mut a.out);
-    assert!(a.out.sent.is_empty(), "{:?}", a.out.sent);
+    assert_eq!(kinds(&a.out), vec![(b.addr, 1)], "a greeting, no response");
     assert_eq!(a.peers.pending.len(), 0);
     assert_eq!(a.peers.drops().unknown_peer, 2);
 }
@@ -465,8 +542,10 @@ fn kept_initiations_are_bounded() {
     let now = t0 + Duration::from_millis(200);
     a.peers.set_peers(&[first.clone(), last.clone()]);
     a.peers.replay_pending(now, &mut a.out);
-    assert_eq!(a.out.sent.len(), 1, "{:?}", a.out.sent);
-    assert_eq!(a.out.sent[0].0, senders[149].1);
+    // The last one answered where it came from; the first one only greeted (at its endpoint).
+    let mut got = kinds(&a.out);
+    got.sort();
+    assert_eq!(got, vec![(first.endpoints[0], 1), (senders[149].1, 2)]);
     assert_eq!(a.peers.pending.len(), pending::MAX_PENDING - 1);
 }
 
@@ -502,8 +581,10 @@ fn garbage_and_initiations_for_other_keys_are_not_kept() {
     assert_eq!(a.peers.drops().unknown_peer, 1, "passed mac1, then dropped");
     assert_eq!(a.peers.pending.len(), 0);
     assert!(a.out.sent.is_empty());
-    // Adding B and C answers nothing.
+    // Adding B and C answers nothing: each is only greeted.
     a.peers.set_peers(&[b.node.clone(), c.node.clone()]);
     a.peers.replay_pending(now, &mut a.out);
-    assert!(a.out.sent.is_empty());
+    let mut got = kinds(&a.out);
+    got.sort();
+    assert_eq!(got, vec![(b.addr, 1), (c.addr, 1)]);
 }
