@@ -16,6 +16,7 @@ use keys::PrivateKey;
 use meshd::control::{ControlClient, ControlError, Trust};
 use proto::auth;
 use proto::map::MapMessage;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const SOON: Duration = Duration::from_secs(5);
@@ -52,6 +53,14 @@ struct CountingRelay {
 
 impl CountingRelay {
     async fn start(to: SocketAddr) -> Self {
+        Self::start_with(to, None).await
+    }
+
+    /// With `idle_close`, a connection that carries nothing for that long is closed towards
+    /// coord, as a server closes an idle connection, but the close is held back from the client
+    /// until it sends again: then its connection dies under the request, as when a request
+    /// crosses the server's close on the wire.
+    async fn start_with(to: SocketAddr, idle_close: Option<Duration>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("relay address");
         let accepts = Arc::new(AtomicUsize::new(0));
@@ -64,7 +73,34 @@ impl CountingRelay {
                     let Ok(mut outbound) = TcpStream::connect(to).await else {
                         return;
                     };
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    let Some(idle) = idle_close else {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        return;
+                    };
+                    let (mut up, mut down) = (vec![0u8; 65536], vec![0u8; 65536]);
+                    loop {
+                        tokio::select! {
+                            r = inbound.read(&mut up) => match r {
+                                Ok(n) if n > 0 => {
+                                    if outbound.write_all(&up[..n]).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                _ => return,
+                            },
+                            r = outbound.read(&mut down) => match r {
+                                Ok(n) if n > 0 => {
+                                    if inbound.write_all(&down[..n]).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                _ => return,
+                            },
+                            () = tokio::time::sleep(idle) => break,
+                        }
+                    }
+                    drop(outbound);
+                    let _ = inbound.read(&mut up).await;
                 });
             }
         });
@@ -324,6 +360,33 @@ async fn short_requests_share_one_connection_and_the_map_gets_its_own() {
     drop(stream);
     client.set_endpoints(Vec::new()).await.unwrap();
     assert_eq!(relay.connections(), 2, "short requests stay on the first");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_crosses_the_close_of_an_idle_connection_goes_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let coord = Coord::start(dir.path());
+    let idle = Duration::from_millis(300);
+    let relay = CountingRelay::start_with(coord.addr, Some(idle)).await;
+    let url = format!("https://{}", relay.addr);
+    let trust = Trust::Fingerprint(coord.fingerprint.clone());
+    let client = ControlClient::new(&url, trust, PrivateKey::generate()).unwrap();
+    client.info().await.unwrap();
+    client
+        .register(Some(&coord.authkey(&[])), "laptop")
+        .await
+        .unwrap();
+    assert_eq!(relay.connections(), 1);
+    // Each request below goes out on the kept connection, which coord has closed meanwhile.
+    tokio::time::sleep(idle * 2).await;
+    client.info().await.unwrap();
+    assert_eq!(relay.connections(), 2);
+    // A signed request too: its first copy never reached coord, so the second is no replay.
+    tokio::time::sleep(idle * 2).await;
+    let endpoint: SocketAddr = "192.0.2.7:41641".parse().unwrap();
+    client.set_endpoints(vec![endpoint]).await.unwrap();
+    assert_eq!(relay.connections(), 3);
+    assert_eq!(stored_endpoints(&coord), vec![endpoint]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

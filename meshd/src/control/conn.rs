@@ -187,13 +187,22 @@ impl Connector {
         let mut req = req;
         if let Some(mut sender) = idle {
             if sender.ready().await.is_ok() {
+                let again = copy(&req);
                 match sender.try_send_request(req).await {
                     Ok(response) => return Ok((response, sender)),
-                    // Not sent (the coordinator closed the idle connection): a new one may
-                    // carry it. A request that was sent is never sent twice.
                     Err(mut e) => match e.take_message() {
+                        // Not sent (the coordinator closed the idle connection): a new one may
+                        // carry it.
                         Some(unsent) => req = unsent,
-                        None => return Err(hyper_error(e.into_error())),
+                        // Sent as the coordinator closed the connection (it closes one that
+                        // has been idle for 10 s), and nothing came back: it goes once more,
+                        // on a new connection, as browsers do. Requests are signed with a
+                        // nonce: had the first arrived after all, the coordinator would refuse
+                        // the second as a replay, so nothing is ever done twice.
+                        None => {
+                            tracing::debug!(error = %e.into_error(), "idle connection lost");
+                            req = again;
+                        }
                     },
                 }
             }
@@ -262,6 +271,16 @@ impl Connector {
             },
         }
     }
+}
+
+/// The same request again (the body is shared, not copied).
+fn copy(req: &Request<Full<Bytes>>) -> Request<Full<Bytes>> {
+    let mut again = Request::new(req.body().clone());
+    *again.method_mut() = req.method().clone();
+    *again.uri_mut() = req.uri().clone();
+    *again.version_mut() = req.version();
+    *again.headers_mut() = req.headers().clone();
+    again
 }
 
 pub(super) fn hyper_error(e: hyper::Error) -> ControlError {
