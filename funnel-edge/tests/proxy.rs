@@ -114,6 +114,100 @@ async fn route_updates_take_effect_on_the_next_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_whose_funnel_closes_on_its_way_gets_what_a_new_one_would() {
+    let edge = Edge::start().await;
+    // Node 3 ("slow") never answers the dial (given up after a second). While the request waits
+    // for it, the funnel closes (first round) or expires (second round).
+    let now = meshd::funnel::ingress::unix_now();
+    let slow = |expires| proto::map::FunnelRoute {
+        name: "slow".into(),
+        node: proto::NodeId(3),
+        port: 3000,
+        expires,
+    };
+    let rounds = [
+        (vec![], "There is no funnel at slow"),
+        (vec![slow(now - 1)], "expired"),
+    ];
+    let dialing = || {
+        let dialed = edge.dialed();
+        dialed
+            .iter()
+            .filter(|a| a.ip().to_string() == "100.64.0.3")
+            .count()
+    };
+    for (i, (routes, text)) in rounds.into_iter().enumerate() {
+        edge.set_routes(vec![slow(now + 3600)]);
+        let url = edge.url("slow", "/x");
+        let args = [url.as_str()];
+        let close = async {
+            for _ in 0..500 {
+                if dialing() > i {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(dialing(), i + 1, "the request is being dialed");
+            edge.set_routes(routes);
+        };
+        let (out, ()) = tokio::join!(curl(&edge, &args), close);
+        assert_eq!(out.status, 404, "{out:?}");
+        assert!(out.body.contains(text), "{}", out.body);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_the_node_is_working_on_ends_when_its_funnel_closes() {
+    let edge = Edge::start().await;
+    // The service holds the request (for 10 s, then 504); the funnel closes meanwhile.
+    let url = edge.url("hello", "/gather/1000000");
+    for flag in ["--http1.1", "--http2"] {
+        let args = [flag, url.as_str()];
+        let close = async {
+            for _ in 0..500 {
+                if edge.gathered() > usize::from(flag == "--http2") {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            edge.set_routes(vec![]);
+        };
+        let (out, ()) = tokio::join!(curl(&edge, &args), close);
+        assert_eq!(out.status, 404, "{flag}: {out:?}");
+        assert!(
+            out.body.contains("There is no funnel at hello"),
+            "{}",
+            out.body
+        );
+        edge.set_routes(common::default_routes());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_connections_of_a_closed_funnel_are_not_kept() {
+    let edge = Edge::start().await;
+    let url = edge.url("hello", "/hello");
+    assert_eq!(curl(&edge, &[&url]).await.status, 200);
+    assert_eq!(edge.dialed().len(), 1);
+    // Closed, then open again: the connection kept from before is gone, a new one is dialed. (The
+    // edge drops kept connections when it sees the change; if it has not yet, the old one is
+    // reused and the round is tried again.)
+    for _ in 0..100 {
+        edge.set_routes(vec![]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        edge.set_routes(common::default_routes());
+        assert_eq!(curl(&edge, &[&url]).await.status, 200);
+        if edge.dialed().len() > 1 {
+            return;
+        }
+    }
+    panic!(
+        "the closed funnel's connection was reused: {:?}",
+        edge.dialed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn keep_alive_connection_serves_several_requests() {
     let edge = Edge::start().await;
     let url = edge.url("hello", "/hello");

@@ -130,11 +130,11 @@ pub async fn serve(
     let acceptor = TlsAcceptor::from(tls);
     let slots = Arc::new(Semaphore::new(opts.max_connections.max(1)));
     let shared = Arc::new(Shared {
-        routes,
+        routes: routes.clone(),
         nodes: nodes::NodePool::new(dialer, &opts),
         opts,
     });
-    shared.nodes.spawn_sweeper();
+    shared.nodes.spawn_sweeper(routes);
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return Ok(()); // never closed
@@ -302,12 +302,46 @@ async fn route(shared: &Shared, conn: &ConnInfo, req: Request<Incoming>) -> Resp
         }
     }
     let lookup = shared.routes.borrow().lookup(&conn.sni, now);
-    let shown = || crate::routes::normalize_host(&conn.sni).unwrap_or_default();
     match lookup {
-        Lookup::Unknown => answered_early(req, pages::not_found(&shown())),
-        Lookup::Expired { .. } => answered_early(req, pages::expired(&shown())),
         Lookup::Live { name, node_ip, .. } => {
             upstream::forward(shared, conn, &name, node_ip, &host, req).await
+        }
+        other => answered_early(req, not_live(&other, &conn.sni)),
+    }
+}
+
+/// The edge's own page for a name `lookup` found no live funnel for (`Unknown`: 404;
+/// `Expired`: the page saying so).
+fn not_live(lookup: &Lookup, sni: &str) -> Response<Body> {
+    let shown = crate::routes::normalize_host(sni).unwrap_or_default();
+    match lookup {
+        Lookup::Expired { .. } => pages::expired(&shown),
+        _ => pages::not_found(&shown),
+    }
+}
+
+/// When a request failed: the page a new request would get if its funnel is no longer live
+/// (closed or expired while the request was on its way: the node ends its streams and refuses
+/// new ones a moment before the edge's routes follow); `None` if it still is.
+fn gone_meanwhile(routes: &RouteTable, conn: &ConnInfo, name: &str) -> Option<Response<Body>> {
+    let now = crate::unix_now();
+    if routes.live(name, now).is_some() {
+        return None;
+    }
+    Some(not_live(&routes.lookup(&conn.sni, now), &conn.sni))
+}
+
+/// Resolves, with the page a new request would get, once funnel `name` is no longer live in the
+/// edge's routes. A request waiting for its node ends then: the node has stopped serving it, and
+/// once the node leaves the edge's netmap its answer (or its reset) could not even arrive.
+async fn until_gone(shared: &Shared, conn: &ConnInfo, name: &str) -> Response<Body> {
+    let mut routes = shared.routes.clone();
+    loop {
+        if let Some(page) = gone_meanwhile(&routes.borrow_and_update(), conn, name) {
+            return page;
+        }
+        if routes.changed().await.is_err() {
+            return std::future::pending().await;
         }
     }
 }

@@ -33,6 +33,7 @@ use hyper_util::rt::TokioIo;
 use meshd::funnel::wire::{self, Parsed, MAX_LINE};
 use proto::map::FUNNEL_INGRESS_PORT;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
 use tokio::time::timeout;
 use tracing::debug;
 
@@ -41,6 +42,7 @@ use super::idle::{self, IdleList};
 use super::upload::{Cut, Upload};
 use super::ProxyOptions;
 use crate::dial::{Dialer, Io};
+use crate::routes::RouteTable;
 
 /// Why a connection to a node could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -162,20 +164,42 @@ impl NodePool {
         }
     }
 
-    /// Closes idle connections past the idle timeout every half of it, for as long as the pool
+    /// Closes idle connections past the idle timeout every half of it, and at every change of
+    /// `routes` those of funnels that are no longer live on their node, for as long as the pool
     /// exists. Call from within the runtime.
-    pub(crate) fn spawn_sweeper(&self) {
+    pub(crate) fn spawn_sweeper(&self, mut routes: watch::Receiver<RouteTable>) {
         let pool: Weak<Inner> = Arc::downgrade(&self.inner);
         let every = (self.inner.idle_timeout / 2).max(Duration::from_secs(1));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut following = true;
             loop {
-                tick.tick().await;
+                let changed = tokio::select! {
+                    _ = tick.tick() => false,
+                    r = routes.changed(), if following => {
+                        following = r.is_ok();
+                        following
+                    }
+                };
                 let Some(pool) = pool.upgrade() else {
                     return;
                 };
-                pool.sweep(Instant::now());
+                if changed {
+                    // The routes are read apart from the pool's lock: a request holds that lock
+                    // only briefly and never reads the routes under it.
+                    let kept = pool.kept();
+                    let now = crate::unix_now();
+                    let gone: Vec<_> = {
+                        let table = routes.borrow_and_update();
+                        let routed =
+                            |(ip, name): &(IpAddr, Box<str>)| table.live(name, now) == Some(*ip);
+                        kept.into_iter().filter(|k| !routed(k)).collect()
+                    };
+                    pool.forget(&gone);
+                } else {
+                    pool.sweep(Instant::now());
+                }
             }
         });
     }
@@ -273,6 +297,31 @@ impl Inner {
         let mut idle = lock(&self.idle);
         let conns = C::list(idle.entry(node_ip).or_default().entry(name).or_default());
         conns.put(c, now, self.idle_timeout, self.max_idle);
+    }
+
+    /// The (node, funnel) pairs that have idle connections.
+    fn kept(&self) -> Vec<(IpAddr, Box<str>)> {
+        let idle = lock(&self.idle);
+        let pairs = idle
+            .iter()
+            .flat_map(|(ip, by_name)| by_name.keys().map(|n| (*ip, n.clone())));
+        pairs.collect()
+    }
+
+    /// Drops the idle connections of these (node, funnel) pairs.
+    fn forget(&self, pairs: &[(IpAddr, Box<str>)]) {
+        if pairs.is_empty() {
+            return;
+        }
+        let mut idle = lock(&self.idle);
+        for (ip, name) in pairs {
+            if let Some(by_name) = idle.get_mut(ip) {
+                by_name.remove(name);
+                if by_name.is_empty() {
+                    idle.remove(ip);
+                }
+            }
+        }
     }
 
     fn sweep(&self, now: Instant) {

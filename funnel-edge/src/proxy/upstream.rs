@@ -2,6 +2,7 @@
 //! HTTP/1.1. Upgrades (WebSocket) are spliced byte for byte once both sides have switched (that
 //! connection leaves the pool); bodies stream both ways.
 
+use std::future::Future;
 use std::net::IpAddr;
 
 use bytes::{Bytes, BytesMut};
@@ -17,7 +18,7 @@ use super::h1::{self, FetchError};
 use super::headers::{self, Forwarding};
 use super::nodes::{origin_form, NodeError, UpstreamError};
 use super::upload::Upload;
-use super::{pages, Body, BoxError, ConnInfo, Shared};
+use super::{gone_meanwhile, pages, until_gone, Body, BoxError, ConnInfo, Shared};
 
 const OFFLINE: &str = "The node serving this funnel is offline or not answering.";
 
@@ -30,7 +31,6 @@ pub(crate) async fn forward(
     host: &str,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
-    let opts = &shared.opts;
     if !headers::dialable(node_ip) {
         tracing::warn!(funnel = %name, %node_ip, "route to a non-mesh address refused");
         return pages::bad_gateway(
@@ -58,19 +58,17 @@ pub(crate) async fn forward(
         let target = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
         h1::head::write_request(&parts.method, target, &parts.headers, &mut request);
         let fetch = shared.nodes.fetch(name, node_ip, &parts.method, &request);
-        return match timeout(opts.response_timeout, fetch).await {
-            Ok(Ok(resp)) => answer(resp, false),
-            Ok(Err(e)) => failed(name, &e),
-            Err(_) => timed_out(),
+        return match until_answered(shared, conn, name, fetch).await {
+            Ok(resp) => answer(resp, false),
+            Err(page) => page,
         };
     }
     let upstream_req = Request::from_parts(parts, upload);
 
     let request = shared.nodes.request(name, node_ip, upstream_req, cut);
-    let mut resp = match timeout(opts.response_timeout, request).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => return failed(name, &e),
-        Err(_) => return timed_out(),
+    let mut resp = match until_answered(shared, conn, name, request).await {
+        Ok(r) => r,
+        Err(page) => return page,
     };
 
     // A switch nobody asked for is refused by `answer`.
@@ -94,6 +92,29 @@ pub(crate) async fn forward(
         });
     }
     answer(resp, switching)
+}
+
+/// Waits for the node's response head to `request` (for funnel `name`) at most the response
+/// timeout, and only while the funnel stays live ([`until_gone`]); every other outcome is the
+/// edge's page.
+async fn until_answered<T>(
+    shared: &Shared,
+    conn: &ConnInfo,
+    name: &str,
+    request: impl Future<Output = Result<T, UpstreamError>>,
+) -> Result<T, Response<Body>> {
+    tokio::select! {
+        biased;
+        r = timeout(shared.opts.response_timeout, request) => match r {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => {
+                let routes = shared.routes.borrow();
+                Err(gone_meanwhile(&routes, conn, name).unwrap_or_else(|| failed(name, &e)))
+            }
+            Err(_) => Err(timed_out()),
+        },
+        page = until_gone(shared, conn, name) => Err(page),
+    }
 }
 
 /// The node's response for the client: its headers rewritten, its body streamed; a `101` is

@@ -191,7 +191,7 @@ fn netmap(routes: Vec<FunnelRoute>) -> Netmap {
 
 /// The routes every test starts with: node 1 is the real ingress (funnels "hello" and "second"),
 /// node 2 refuses connections, node 3 never answers.
-fn default_routes() -> Vec<FunnelRoute> {
+pub fn default_routes() -> Vec<FunnelRoute> {
     let live = now() + 3600;
     vec![
         route("hello", 1, live),
@@ -314,6 +314,11 @@ impl Edge {
 
     pub fn dialed(&self) -> Vec<SocketAddr> {
         self.dialed.lock().unwrap().clone()
+    }
+
+    /// Requests to `/gather/K` the service has had so far.
+    pub fn gathered(&self) -> usize {
+        *self.service.gathered.borrow()
     }
 
     /// Bytes the edge has written to nodes so far, where they are counted.
