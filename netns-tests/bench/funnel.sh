@@ -12,7 +12,8 @@
 #
 # Usage (as root, from anywhere in the repository):
 #   netns-tests/bench/funnel.sh [--duration S] [--connections N,M,...] [--rounds N] [--firsts N]
-#                               [--no-build] [--edge-tun] [--edge-cpu F] [--hold S] [--append-doc]
+#                               [--no-build] [--edge-tun] [--node-userspace] [--edge-cpu F]
+#                               [--hold S] [--append-doc]
 # --connections: wrk's concurrent connections for requests per second, one row each (default
 # 16,64,256: with 16 the funnel's longer path leaves its edge waiting part of the time, with 64 it
 # is busy, 256 are more requests in flight than a small connection pool to the node would keep).
@@ -23,6 +24,8 @@
 # the start of a burst more (see docs/BENCHMARKS.md).
 # --edge-tun: the edge joins the mesh with a TUN device (`funnel-edge run --tun`) instead of its
 # default userspace stack. (--edge-userspace, the default, is still accepted.)
+# --node-userspace: the node runs `meshd up --userspace` (its funnel ingress on the userspace
+# stack) instead of its default TUN device.
 # --edge-cpu F: the edge host's processes (funnel-edge, and the direct nginx) get at most F CPUs
 # (a cgroup CPU quota), the other hosts are not limited: requests per second then measure what
 # the edge host can serve through the funnel against what it can serve itself, as when the
@@ -42,6 +45,7 @@ BUILD=1
 APPEND=0
 HOLD=0
 EDGE_MODE=()
+NODE_MODE=()
 EDGE_CPU=""
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -53,9 +57,10 @@ while [ $# -gt 0 ]; do
         --hold) HOLD="$2"; shift 2 ;;
         --edge-userspace) EDGE_MODE=(); shift ;;
         --edge-tun) EDGE_MODE=(--tun); shift ;;
+        --node-userspace) NODE_MODE=(--userspace); shift ;;
         --edge-cpu) EDGE_CPU="$2"; shift 2 ;;
         --append-doc) APPEND=1; shift ;;
-        -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -235,7 +240,7 @@ spawn edge "$WORK/edge.out" env FUNNEL_EDGE_LOG=warn "$BIN/funnel-edge" run \
 await_line "$WORK/edge.out" "funnel-edge: serving" >/dev/null
 spawn node "$WORK/node.out" env MESHD_LOG=warn "$BIN/meshd" --state-dir "$WORK/node" up \
     --coord https://203.0.113.10:8443 --coord-fingerprint "$fp" --authkey "$node_key" \
-    --hostname node
+    --hostname node "${NODE_MODE[@]}"
 await_line "$WORK/node.out" "meshd up: " >/dev/null
 EDGE_PID=${PIDS[-2]}
 NODE_PID=${PIDS[-1]}

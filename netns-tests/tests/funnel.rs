@@ -290,6 +290,17 @@ fn a_page_behind_nat_reaches_the_internet_through_the_edge_and_nothing_else_does
     // While node-a itself serves 8080 (the probe above was refused by policy, not by absence).
     let got = tcp_probe(&st.node_a, "127.0.0.1", 8080, 1500);
     assert!(got.starts_with("ok"), "{got}");
+    // The ingress that served every request above is meshd's stack beside the TUN device: the
+    // kernel has no socket on its port.
+    let sockets = st
+        .node_a
+        .run(
+            "ss",
+            &["-Htan", "sport = :41642 or dport = :41642"],
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    assert!(sockets.trim().is_empty(), "{sockets}");
 
     // Off: the edge answers 404 for the name.
     let (ok, out) = node.cli(&["funnel", "off"]);

@@ -22,7 +22,9 @@ use super::api::{DropCounts, PeerStatus, Status};
 use super::control_loop::ControlState;
 use super::outbox::{Outbox, MAX_GROUP_BYTES};
 use super::ping::{self, PingRequest, Pings};
+use super::tun_ingress;
 use super::udp::{Bound, RecvBufs, Udp};
+use crate::userspace::{StackCore, RX_BACKLOG};
 use crate::wg::{Peers, Sink};
 
 /// Reads from one source before the loop looks at the others.
@@ -146,6 +148,7 @@ pub fn spawn(
     dev: tun_rs::SyncDevice,
     udp: Bound,
     peers: Peers,
+    stack: StackCore,
     wiring: Wiring,
 ) -> io::Result<(
     tokio::runtime::Handle,
@@ -162,7 +165,7 @@ pub fn spawn(
             let result = rt.block_on(async move {
                 let dev = Arc::new(AsyncDevice::new(dev)?);
                 let udp = Arc::new(udp.into_udp()?);
-                run(dev, udp, peers, wiring).await
+                run(dev, udp, peers, stack, wiring).await
             });
             let _ = done_tx.send(result);
         })?;
@@ -179,6 +182,7 @@ async fn run(
     dev: Arc<AsyncDevice>,
     udp: Arc<Udp>,
     mut peers: Peers,
+    mut stack: StackCore,
     wiring: Wiring,
 ) -> io::Result<()> {
     let Wiring {
@@ -213,6 +217,13 @@ async fn run(
     tokio::pin!(changed);
     let stopped = first_change(shutdown);
     tokio::pin!(stopped);
+    // The ingress stack: woken by its connections' applications, and by its own timers.
+    let wake = stack.waker();
+    let woken = wake.notified();
+    tokio::pin!(woken);
+    let timer = tokio::time::sleep(TICK);
+    tokio::pin!(timer);
+    let mut stack_due = true;
     loop {
         tokio::select! {
             Some(req) = ping_rx.recv() => {
@@ -220,7 +231,7 @@ async fn run(
                 match ping::resolve(&netmap_peers, &req.target) {
                     Some((peer, ip)) => {
                         let pkt = sink.pings.start(&me, peer, ip, now, req.reply);
-                        peers.handle_outbound(&pkt, now, &mut sink);
+                        peers.handle_outbound(&pkt, now, &mut diverting(&mut sink, &mut stack));
                     }
                     None => {
                         let _ = req.reply.send(Err(format!(
@@ -240,11 +251,16 @@ async fn run(
                     }
                     let now = Instant::now();
                     for (from, d) in urecv.datagrams() {
-                        peers.handle_datagram(from, d, now, &mut sink);
+                        peers.handle_datagram(from, d, now, &mut diverting(&mut sink, &mut stack));
                         // A batch for the device at a time: merging needs 64 KiB per buffer.
                         if sink.tun_len >= IDEAL_BATCH_SIZE {
                             sink.flush(&udp, &dev).await;
                         }
+                    }
+                    // The stack takes a large backlog at once rather than dropping what would
+                    // not fit its queue.
+                    if stack.device.rx.len() >= RX_BACKLOG {
+                        tun_ingress::poll(&mut stack, &mut peers, &mut sink, now);
                     }
                     sink.flush(&udp, &dev).await;
                 }
@@ -261,7 +277,7 @@ async fn run(
                     };
                     let now = Instant::now();
                     for (b, len) in bufs.iter().zip(sizes.iter()).take(n) {
-                        peers.handle_outbound(&b[..*len], now, &mut sink);
+                        peers.handle_outbound(&b[..*len], now, &mut diverting(&mut sink, &mut stack));
                     }
                     // The datagrams of several reads leave together (after the loop): equal-size
                     // runs of different flows then go out as one segmented send, and the peer
@@ -273,7 +289,7 @@ async fn run(
             }
             _ = tick.tick() => {
                 let now = Instant::now();
-                peers.tick(now, &mut sink);
+                peers.tick(now, &mut diverting(&mut sink, &mut stack));
                 sink.pings.expire(now);
                 status.send_replace(snapshot(&peers, &me, *coord_up.borrow()));
             }
@@ -285,7 +301,8 @@ async fn run(
                 match state {
                     Some(ControlState::Netmap(map)) => {
                         apply_netmap(&mut peers, &map);
-                        peers.replay_pending(Instant::now(), &mut sink);
+                        let out = &mut diverting(&mut sink, &mut stack);
+                        peers.replay_pending(Instant::now(), out);
                         netmap_peers = map.peers;
                         // `meshd status` lists a new peer as soon as packets can reach it, not
                         // up to a tick later.
@@ -295,9 +312,33 @@ async fn run(
                     None => {}
                 }
             }
+            () = &mut woken => {
+                woken.set(wake.notified());
+                stack_due = true;
+            }
+            () = &mut timer => stack_due = true,
             () = &mut stopped => return Ok(()),
         }
+        if stack_due || !stack.device.rx.is_empty() {
+            stack_due = false;
+            let now = Instant::now();
+            tun_ingress::poll(&mut stack, &mut peers, &mut sink, now);
+            let delay = stack.poll_delay(now).map_or(TICK, |d| d.min(TICK));
+            timer.as_mut().reset(tokio::time::Instant::now() + delay);
+        }
         sink.flush(&udp, &dev).await;
+    }
+}
+
+/// The core's output for this round: the ingress port's segments to the stack, the rest to
+/// `sink` ([`tun_ingress::Diverting`]).
+fn diverting<'a>(
+    sink: &'a mut IoSink,
+    stack: &'a mut StackCore,
+) -> tun_ingress::Diverting<'a, IoSink> {
+    tun_ingress::Diverting {
+        sink,
+        stack: &mut stack.device,
     }
 }
 

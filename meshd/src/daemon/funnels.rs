@@ -1,13 +1,12 @@
 //! Wires the funnel ingress into a running node: who the edges are (from each netmap), the
-//! listeners on the node's mesh addresses (TUN mode: kernel sockets on the mesh addresses;
-//! userspace mode: the stack), and the expiry of the node's own funnels.
+//! listener on the node's mesh addresses (on a userspace stack in both modes), and the expiry of
+//! the node's own funnels.
 
 use std::collections::HashSet;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use proto::map::FUNNEL_INGRESS_PORT;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
@@ -53,34 +52,8 @@ pub fn ingress(
     }
 }
 
-/// TUN mode: listens on the node's mesh addresses (the kernel routes them through the device).
-pub async fn serve_kernel(ingress: Ingress, addrs: [IpAddr; 2]) -> std::io::Result<()> {
-    for ip in addrs {
-        let l = TcpListener::bind(SocketAddr::new(ip, FUNNEL_INGRESS_PORT)).await?;
-        let ingress = ingress.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, from)) = l.accept().await else {
-                    // Out of file descriptors, say: wait instead of spinning.
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                };
-                // Responses are relayed as they come: a header and its body must not wait for
-                // the edge's delayed ACK (Nagle).
-                let _ = stream.set_nodelay(true);
-                let ingress = ingress.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = ingress.handle(stream, from.ip()).await {
-                        debug!(%from, "funnel ingress: {e}");
-                    }
-                });
-            }
-        });
-    }
-    Ok(())
-}
-
-/// Userspace mode: listens on the stack.
+/// Listens on the stack: the node's own in userspace mode, the one beside the device in TUN mode
+/// (`tun_ingress`).
 pub async fn serve_stack(ingress: Ingress, stack: Stack) {
     let mut l = match stack.listen(FUNNEL_INGRESS_PORT).await {
         Ok(l) => l,

@@ -11,6 +11,7 @@ mod funnels;
 pub(crate) mod outbox;
 pub mod ping;
 pub mod state;
+mod tun_ingress;
 pub mod udp;
 
 use std::net::{IpAddr, SocketAddr};
@@ -313,14 +314,16 @@ pub async fn start(cfg: UpConfig) -> anyhow::Result<Node> {
     let me = wiring.me.clone();
     let (run, stack): (BoxFuture<std::io::Result<()>>, _) = match (dev, socks) {
         (Some(dev), _) => {
-            let addrs = [wiring.me.ipv4.into(), wiring.me.ipv6.into()];
-            let (rt, done) = dataplane::spawn(dev, udp, peers, wiring)?;
-            // The ingress's sockets are served on the data-plane thread (see `spawn`).
-            rt.spawn(async move {
-                if let Err(e) = funnels::serve_kernel(ingress, addrs).await {
-                    warn!("funnel ingress on the mesh addresses: {e}");
-                }
-            });
+            // The funnel ingress runs on a userspace stack beside the device (`tun_ingress`),
+            // served on the data-plane thread (see `spawn`).
+            let (core, stack) = crate::userspace::StackCore::new(
+                wiring.me.ipv4,
+                wiring.me.ipv6,
+                dataplane::MTU.into(),
+                std::time::Instant::now(),
+            );
+            let (rt, done) = dataplane::spawn(dev, udp, peers, core, wiring)?;
+            rt.spawn(funnels::serve_stack(ingress, stack));
             (Box::pin(done), None)
         }
         (None, socks) => {

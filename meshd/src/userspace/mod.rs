@@ -42,7 +42,7 @@ pub use stack::StackCore;
 /// Batched socket reads per wake-up before the loop looks at its other sources.
 const RECV_ROUNDS: usize = 8;
 /// Packets waiting for the stack above which the driver stops reading its socket.
-const RX_BACKLOG: usize = device::QUEUE / 4;
+pub(crate) const RX_BACKLOG: usize = device::QUEUE / 4;
 const TICK: Duration = Duration::from_millis(100);
 
 /// The core's output: datagrams for the UDP socket (sent in batches after each round, as in TUN
