@@ -19,9 +19,12 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use super::socket::{Read, SharedSocket};
 use super::stack::{SlotId, CHUNK};
 
-/// Listening sockets kept per port, so concurrent SYNs are not refused; also how many accepted
-/// connections may wait for the listener.
+/// Listening sockets kept ready per port (each holds its buffers); a burst of SYNs beyond them
+/// gets listening sockets made for it, up to [`ACCEPT_QUEUE`].
 pub(super) const BACKLOG: usize = 8;
+/// Connections of a port between its SYN and the listener's accept, and accepted ones waiting
+/// for it, at most (a kernel's listen backlog): more SYNs are refused with RST.
+pub(super) const ACCEPT_QUEUE: usize = 1024;
 
 #[derive(Debug)]
 pub(super) enum Command {
@@ -129,7 +132,7 @@ impl Stack {
     /// Accepts TCP connections to `port` on the node's mesh addresses. While no listener holds a
     /// port, SYNs to it are answered with RST. Dropping the [`Listener`] stops listening.
     pub async fn listen(&self, port: u16) -> io::Result<Listener> {
-        let (accepted, incoming) = mpsc::channel(BACKLOG);
+        let (accepted, incoming) = mpsc::channel(ACCEPT_QUEUE);
         let (reply, rx) = oneshot::channel();
         self.cmds
             .send(Command::Listen {

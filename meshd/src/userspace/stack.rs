@@ -22,7 +22,7 @@ use tracing::{debug, trace};
 
 use super::device::QueueDevice;
 use super::handle::{
-    Command, ConnReader, ConnWake, ConnWriter, Connection, Stack, Wakeup, BACKLOG,
+    Command, ConnReader, ConnWake, ConnWriter, Connection, Stack, Wakeup, ACCEPT_QUEUE, BACKLOG,
 };
 use super::socket::{SharedSocket, SockState};
 use crate::packet::Transport;
@@ -74,6 +74,8 @@ struct Listening {
     accepted: mpsc::Sender<Connection>,
     /// Slots listening on the port; one that takes a SYN becomes a connection being accepted.
     backlog: Vec<SlotId>,
+    /// Connections that took a SYN and have not been handed to the listener yet.
+    accepting: usize,
 }
 
 pub(super) type SlotId = u64;
@@ -315,9 +317,11 @@ impl StackCore {
     /// Every queued packet, each to its own socket's set (or to the empty one).
     fn ingress(&mut self, ts: smoltcp::time::Instant) {
         while let Some(packet) = self.device.rx.front() {
-            let found = self
-                .demux(packet.bytes())
-                .and_then(|id| Some((id, self.slots.get_mut(&id)?)));
+            let id = match self.demux(packet.bytes()) {
+                Some(id) => Some(id),
+                None => self.listen_for_syn(),
+            };
+            let found = id.and_then(|id| Some((id, self.slots.get_mut(&id)?)));
             let Some((id, slot)) = found else {
                 // Not a TCP segment of a connection: an ICMP error about one, maybe.
                 let icmp = self.device.rx.front();
@@ -382,6 +386,23 @@ impl StackCore {
         })
     }
 
+    /// For the packet at the front of the queue, a SYN to a listened port whose listening slots
+    /// are all taken (a burst): a new listening slot, unless [`ACCEPT_QUEUE`] connections of the
+    /// port wait already (then the SYN is refused with RST).
+    fn listen_for_syn(&mut self) -> Option<SlotId> {
+        let (flow, syn) = parse_flow(self.device.rx.front()?.bytes())?;
+        let port = flow.0.port();
+        let l = self.listeners.get(&port)?;
+        if !syn || l.accepting + l.accepted.max_capacity() - l.accepted.capacity() >= ACCEPT_QUEUE {
+            return None;
+        }
+        let mut s = Self::new_socket();
+        s.listen(port).ok()?;
+        let id = self.add_slot(Slot::new(s, None));
+        self.listeners.get_mut(&port)?.backlog.push(id);
+        Some(id)
+    }
+
     /// A listening slot took a SYN: it leaves the backlog and is accepted once established.
     fn accepting(&mut self, id: SlotId) {
         let Some(slot) = self.slots.get_mut(&id) else {
@@ -396,6 +417,7 @@ impl StackCore {
         self.flows.insert(flow, id);
         if let Some(l) = self.listeners.get_mut(&port) {
             l.backlog.retain(|b| *b != id);
+            l.accepting += 1;
         }
     }
 
@@ -479,6 +501,7 @@ impl StackCore {
                         Listening {
                             accepted,
                             backlog: vec![],
+                            accepting: 0,
                         },
                     );
                     debug!(port, "listening on the mesh");
@@ -627,8 +650,18 @@ impl StackCore {
             };
             let before = queues(&slot.sock);
             let orphaned = conn.orphaned_at.is_some();
+            let accepting = match conn.phase {
+                Phase::Accepting(port) => Some(port),
+                _ => None,
+            };
             if !Self::pump_one(id, &slot.sock, conn, &self.listeners, &self.wake, now) {
                 conn.finished = true;
+            }
+            // Handed to the listener, or gone: no longer waiting for it.
+            if let Some(port) = accepting.filter(|_| !matches!(conn.phase, Phase::Accepting(_))) {
+                if let Some(l) = self.listeners.get_mut(&port) {
+                    l.accepting = l.accepting.saturating_sub(1);
+                }
             }
             if !orphaned && conn.orphaned_at.is_some() {
                 self.lingering.push(id);

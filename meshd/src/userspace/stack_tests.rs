@@ -685,3 +685,31 @@ async fn a_connect_to_an_address_no_peer_owns_fails_as_unreachable() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_burst_of_connections_is_accepted_beyond_the_ready_listening_sockets() {
+    bounded(async {
+        let (sa, sb) = pair();
+        let mut l = sb.listen(7000).await.unwrap();
+        // Far more SYNs in one round than listening sockets are kept ready (the kernel's listen
+        // backlog takes such a burst too); nobody accepts until all have connected.
+        const N: usize = 200;
+        let mut connects = tokio::task::JoinSet::new();
+        for _ in 0..N {
+            let sa = sa.clone();
+            connects.spawn(async move { sa.connect((B, 7000).into()).await });
+        }
+        let mut clients = Vec::new();
+        while let Some(r) = connects.join_next().await {
+            clients.push(r.unwrap().expect("connected"));
+        }
+        for _ in 0..N {
+            let mut server = l.accept().await.unwrap();
+            server.writer.send(b"hi").await.unwrap();
+        }
+        for c in &mut clients {
+            assert_eq!(&c.reader.recv().await.unwrap().unwrap()[..], b"hi");
+        }
+    })
+    .await;
+}
