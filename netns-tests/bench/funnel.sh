@@ -299,6 +299,8 @@ cpu_ticks() {  # cpu_ticks PID...: user + system ticks of these processes and th
 }
 # wrk_run URL MODE CONNS "PIDS_A" "PIDS_B": "rps cpu_a_us cpu_b_us p50_ms p99_ms", the CPU
 # times per completed request of two groups of processes (A on the edge host, B on the node).
+# Only 2xx and 3xx responses count: others (an edge's 502 page, say) are taken out of rps and
+# the per-request CPU, and added up in $WORK/bad for the report.
 wrk_run() {
     local url="$1" mode="$2" conns="$3" a="$4" b="$5" extra=() secs="${RUN_SECS:-$DURATION}"
     [ "$mode" = close ] && extra=(-H "Connection: close")
@@ -310,8 +312,16 @@ wrk_run() {
     { a1=$(cpu_ticks $a); b1=$(cpu_ticks $b); }
     printf '== %s %s c%s\n%s\n' "$url" "$mode" "$conns" "$out" >>"$WORK/wrk.log"
     local rps n p50 p99
-    rps=$(echo "$out" | awk '/^Requests\/sec:/ {print $2}')
-    n=$(echo "$out" | awk '/requests in/ {print $1}')
+    local total bad
+    total=$(echo "$out" | awk '/requests in/ {print $1}')
+    bad=$(echo "$out" | awk '/Non-2xx or 3xx responses:/ {print $5}')
+    n=$(( ${total:-0} - ${bad:-0} ))
+    rps=$(echo "$out" | awk -v n="$n" -v t="${total:-0}" \
+        '/^Requests\/sec:/ { if (t > 0) printf "%.2f", $2 * n / t; else print 0 }')
+    if [ "${bad:-0}" -gt 0 ]; then
+        log "  $url ($mode, $conns connections): $bad of $total responses were not 2xx/3xx"
+        echo "$bad $url $mode c$conns" >>"$WORK/bad"
+    fi
     p50=$(echo "$out" | awk '$1 == "50%" {print $2}')
     p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
     echo "${rps:-0} $(per_request $((a1 - a0)) "$n") $(per_request $((b1 - b0)) "$n")" \
@@ -404,6 +414,10 @@ $(printf '%s\n' "${rows[@]}")
 Time from \`meshd funnel\` to the first 200 at the client (ms, $FIRSTS rounds, each with the edge
 and the node meeting as peers anew): $first_sorted(median $first_median, max $first_max).
 Peak RSS: funnel-edge $edge_rss, node meshd $node_rss.
+Responses other than 2xx/3xx (not counted above): $(if [ -s "$WORK/bad" ]; then
+    awk '{ n += $1; r[$2 " " $3 " " $4] += $1 } END { printf "%d (", n; s = "";
+        for (k in r) { printf "%s%s: %d", s, k, r[k]; s = "; " } printf ")" }' "$WORK/bad"
+else echo none; fi).
 REPORT
 )
 echo
