@@ -396,6 +396,11 @@ impl StackCore {
         if !syn || l.accepting + l.accepted.max_capacity() - l.accepted.capacity() >= ACCEPT_QUEUE {
             return None;
         }
+        self.add_listening(port)
+    }
+
+    /// A new socket listening on `port`, in the port's backlog.
+    fn add_listening(&mut self, port: u16) -> Option<SlotId> {
         let mut s = Self::new_socket();
         s.listen(port).ok()?;
         let id = self.add_slot(Slot::new(s, None));
@@ -593,13 +598,8 @@ impl StackCore {
             .collect();
         for (port, n) in short {
             for _ in 0..n {
-                let mut s = Self::new_socket();
-                if s.listen(port).is_err() {
+                if self.add_listening(port).is_none() {
                     break;
-                }
-                let id = self.add_slot(Slot::new(s, None));
-                if let Some(l) = self.listeners.get_mut(&port) {
-                    l.backlog.push(id);
                 }
             }
         }
