@@ -334,10 +334,10 @@ impl StackCore {
             };
             self.iface
                 .poll_ingress_single(ts, &mut self.device, &mut slot.sock.lock().set);
+            slot.touch(id, &mut self.touched);
             if slot.conn.is_none() && slot.state() != tcp::State::Listen {
                 self.accepting(id);
             }
-            Self::touch(&mut self.slots, &mut self.touched, id);
         }
     }
 
