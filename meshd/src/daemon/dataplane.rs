@@ -24,6 +24,7 @@ use super::outbox::{Outbox, MAX_GROUP_BYTES};
 use super::ping::{self, PingRequest, Pings};
 use super::tun_ingress;
 use super::udp::{Bound, RecvBufs, Udp};
+use crate::packet::PacketInfo;
 use crate::userspace::{StackCore, RX_BACKLOG};
 use crate::wg::{Peers, Sink};
 
@@ -70,14 +71,11 @@ impl Sink for IoSink {
         &mut b[TUN_OFFSET..]
     }
 
-    fn deliver(&mut self, len: usize) {
-        let b = &mut self.tun[self.tun_len];
-        if self
-            .pings
-            .intercept(&b[TUN_OFFSET..TUN_OFFSET + len], Instant::now())
-        {
+    fn deliver(&mut self, len: usize, info: &PacketInfo) {
+        if self.pings.intercept(info, Instant::now) {
             return;
         }
+        let b = &mut self.tun[self.tun_len];
         b.truncate(TUN_OFFSET + len);
         b[..TUN_OFFSET].fill(0);
         self.tun_len += 1;

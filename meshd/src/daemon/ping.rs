@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use proto::Node;
 use tokio::sync::oneshot;
 
-use crate::packet::{self, build, IcmpMessage, Transport};
+use crate::packet::{build, IcmpMessage, PacketInfo, Transport};
 
 /// How long a ping waits for its reply.
 pub const TIMEOUT: Duration = Duration::from_secs(2);
@@ -110,14 +110,12 @@ impl Pings {
         pkt
     }
 
-    /// Takes our own echo replies out of the inbound path: true when `pkt` was one.
-    pub fn intercept(&mut self, pkt: &[u8], now: Instant) -> bool {
+    /// Takes our own echo replies out of the inbound path: true when the packet `info` was parsed
+    /// from was one. `now` is asked only then (not once per packet).
+    pub fn intercept(&mut self, info: &PacketInfo, now: impl FnOnce() -> Instant) -> bool {
         if self.pending.is_empty() {
             return false;
         }
-        let Ok(info) = packet::parse(pkt) else {
-            return false;
-        };
         let Transport::Icmp(icmp) = info.transport else {
             return false;
         };
@@ -130,7 +128,7 @@ impl Pings {
         let _ = p.reply.send(Ok(Pong {
             peer: p.peer,
             ip: info.src,
-            rtt: now.saturating_duration_since(p.sent),
+            rtt: now().saturating_duration_since(p.sent),
         }));
         true
     }
@@ -159,6 +157,7 @@ impl Pings {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::packet;
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     fn node(i: u8) -> Node {
@@ -190,7 +189,7 @@ mod tests {
         );
         // The host's own pings (other identifier) pass through untouched.
         let other = build::icmp_echo_reply_v4(peer.ipv4, me.ipv4, 1, 1, b"x");
-        assert!(!pings.intercept(&other, t0));
+        assert!(!pings.intercept(&packet::parse(&other).unwrap(), || t0));
         let IcmpMessage::EchoRequest { id, seq } = (match info.transport {
             Transport::Icmp(i) => i.message,
             _ => panic!("not icmp"),
@@ -199,12 +198,13 @@ mod tests {
         };
         let reply = build::icmp_echo_reply_v4(peer.ipv4, me.ipv4, id, seq, b"meshfunnel ping");
         let t1 = t0 + Duration::from_millis(3);
-        assert!(pings.intercept(&reply, t1));
+        let reply = packet::parse(&reply).unwrap();
+        assert!(pings.intercept(&reply, || t1));
         let pong = rx.try_recv().unwrap().unwrap();
         assert_eq!(pong.rtt, Duration::from_millis(3));
         assert_eq!(pong.peer, "n2");
         assert!(
-            !pings.intercept(&reply, t1),
+            !pings.intercept(&reply, || t1),
             "a duplicate reply is not ours any more"
         );
     }

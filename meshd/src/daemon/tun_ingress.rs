@@ -13,8 +13,8 @@ use std::time::Instant;
 
 use proto::map::FUNNEL_INGRESS_PORT;
 
-use crate::packet::{self, Fragment, Transport};
-use crate::userspace::device::QueueDevice;
+use crate::packet::{Fragment, PacketInfo, Transport};
+use crate::userspace::device::{QueueDevice, Segment};
 use crate::userspace::StackCore;
 use crate::wg::{Peers, Sink};
 
@@ -34,25 +34,22 @@ impl<S: Sink> Sink for Diverting<'_, S> {
         self.sink.room(len)
     }
 
-    fn deliver(&mut self, len: usize) {
-        // The room is the same buffer, with the packet in it, until `deliver` (Sink's contract).
-        let pkt = &self.sink.room(len)[..len];
-        if for_ingress(pkt) {
-            // Copied: the room is the device's buffer. (A full queue counts the drop.)
-            self.stack.push_rx(pkt);
+    fn deliver(&mut self, len: usize, info: &PacketInfo) {
+        if for_ingress(info) {
+            // The room is the same buffer, with the packet in it, until `deliver` (Sink's
+            // contract). Copied: the room is the device's buffer. (A full queue counts the drop.)
+            let pkt = &self.sink.room(len)[..len];
+            self.stack.push_rx(pkt, Segment::of(info));
             return;
         }
-        self.sink.deliver(len);
+        self.sink.deliver(len, info);
     }
 }
 
 /// A whole TCP segment to the ingress port.
-fn for_ingress(pkt: &[u8]) -> bool {
-    matches!(
-        packet::parse(pkt),
-        Ok(info) if info.fragment == Fragment::Unfragmented
-            && matches!(info.transport, Transport::Tcp { dst_port, .. } if dst_port == FUNNEL_INGRESS_PORT)
-    )
+fn for_ingress(info: &PacketInfo) -> bool {
+    info.fragment == Fragment::Unfragmented
+        && matches!(info.transport, Transport::Tcp { dst_port, .. } if dst_port == FUNNEL_INGRESS_PORT)
 }
 
 /// Runs the stack on what it has been given and hands the segments it sends to the core (whose
@@ -75,7 +72,12 @@ mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     use super::*;
-    use crate::packet::{build, TcpFlags};
+    use crate::packet::{self, build, TcpFlags};
+
+    /// What the packet filter parsed (a packet that does not parse never reaches a sink).
+    fn diverted(pkt: &[u8]) -> bool {
+        packet::parse(pkt).is_ok_and(|info| for_ingress(&info))
+    }
 
     #[test]
     fn only_whole_tcp_segments_to_the_ingress_port_are_diverted() {
@@ -84,8 +86,8 @@ mod tests {
             ("fd00::1".parse().unwrap(), "fd00::2".parse().unwrap());
         let p = FUNNEL_INGRESS_PORT;
         let syn = build::tcp_v4(a, b, 40000, p, TcpFlags::SYN, b"");
-        assert!(for_ingress(&syn));
-        assert!(for_ingress(&build::tcp_v6(
+        assert!(diverted(&syn));
+        assert!(diverted(&build::tcp_v6(
             a6,
             b6,
             40000,
@@ -102,7 +104,7 @@ mod tests {
             later,
             b"garbage".to_vec(),
         ] {
-            assert!(!for_ingress(&other), "{other:?}");
+            assert!(!diverted(&other), "{other:?}");
         }
     }
 }

@@ -9,9 +9,12 @@
 //! marks its packets' checksums as already checked).
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 
 use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
+
+use crate::packet::{self, PacketInfo, Transport};
 
 /// Packets queued each way before more are dropped (as a congested link would).
 pub const QUEUE: usize = 1024;
@@ -41,11 +44,51 @@ pub struct QueueDevice {
 pub struct RxPacket {
     buf: Vec<u8>,
     len: usize,
+    segment: Option<Segment>,
 }
 
 impl RxPacket {
     pub fn bytes(&self) -> &[u8] {
         &self.buf[..self.len]
+    }
+
+    /// Whose TCP segment this is, from the parse the packet filter made.
+    pub fn segment(&self) -> Option<Segment> {
+        self.segment
+    }
+}
+
+/// A received TCP segment's connection, seen from the stack: (local, remote) ends, and whether
+/// the segment is an initial SYN (which may open a connection to a listening port).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segment {
+    pub ends: (SocketAddr, SocketAddr),
+    pub initial_syn: bool,
+}
+
+impl Segment {
+    /// The segment a parsed packet is, if it is TCP.
+    pub fn of(info: &PacketInfo) -> Option<Segment> {
+        let Transport::Tcp {
+            src_port,
+            dst_port,
+            flags,
+        } = info.transport
+        else {
+            return None;
+        };
+        Some(Segment {
+            ends: (
+                SocketAddr::new(info.dst, dst_port),
+                SocketAddr::new(info.src, src_port),
+            ),
+            initial_syn: flags.is_initial_syn(),
+        })
+    }
+
+    /// Parses `packet` (for packets that did not come through the packet filter).
+    pub fn parse(packet: &[u8]) -> Option<Segment> {
+        Segment::of(&packet::parse(packet).ok()?)
     }
 }
 
@@ -62,10 +105,11 @@ impl QueueDevice {
         }
     }
 
-    /// Queues a copy of a packet for the stack; false (and counted) when the queue is full.
-    pub fn push_rx(&mut self, packet: &[u8]) -> bool {
+    /// Queues a copy of a packet for the stack, with what is known of it (`Segment::parse` if
+    /// nothing); false (and counted) when the queue is full.
+    pub fn push_rx(&mut self, packet: &[u8], segment: Option<Segment>) -> bool {
         self.rx_room(packet.len())[..packet.len()].copy_from_slice(packet);
-        self.push_room(packet.len())
+        self.push_room(packet.len(), segment)
     }
 
     /// The buffer the next received packet is written into, at least `len` bytes: the
@@ -83,14 +127,14 @@ impl QueueDevice {
 
     /// Queues the first `len` bytes of the room for the stack; false (and counted) when the
     /// queue is full, and the room is written over by the next packet.
-    pub fn push_room(&mut self, len: usize) -> bool {
+    pub fn push_room(&mut self, len: usize, segment: Option<Segment>) -> bool {
         if self.rx.len() >= QUEUE {
             self.dropped += 1;
             return false;
         }
         let buf = std::mem::take(&mut self.room);
         let len = len.min(buf.len());
-        self.rx.push_back(RxPacket { buf, len });
+        self.rx.push_back(RxPacket { buf, len, segment });
         true
     }
 
@@ -209,14 +253,14 @@ mod tests {
     #[test]
     fn queues_are_bounded_and_fifo() {
         let mut d = QueueDevice::new(1420);
-        assert!(d.push_rx(&[1]));
-        assert!(d.push_rx(&[2]));
+        assert!(d.push_rx(&[1], None));
+        assert!(d.push_rx(&[2], None));
         let (rx, _) = d.receive(Instant::ZERO).unwrap();
         assert_eq!(rx.consume(|b| b.to_vec()), vec![1]);
         for _ in 1..QUEUE {
-            assert!(d.push_rx(&[0]));
+            assert!(d.push_rx(&[0], None));
         }
-        assert!(!d.push_rx(&[9]));
+        assert!(!d.push_rx(&[9], None));
         assert_eq!(d.dropped, 1);
         for _ in 0..QUEUE {
             let tx = d.transmit(Instant::ZERO).unwrap();
@@ -230,11 +274,11 @@ mod tests {
     #[test]
     fn packet_buffers_are_reused() {
         let mut d = QueueDevice::new(1420);
-        d.push_rx(&[1; 1400]);
+        d.push_rx(&[1; 1400], None);
         let first = d.rx[0].bytes().as_ptr();
         let (rx, _) = d.receive(Instant::ZERO).unwrap();
         rx.consume(|_| ());
-        d.push_rx(&[2; 60]);
+        d.push_rx(&[2; 60], None);
         assert_eq!(d.rx[0].bytes().as_ptr(), first);
         assert_eq!(d.rx[0].bytes(), [2; 60]);
         // Written in place: the room is the buffer that gets queued.
@@ -243,7 +287,7 @@ mod tests {
         let room = d.rx_room(1400);
         assert_eq!(room.as_ptr(), first);
         room[..3].copy_from_slice(&[4, 5, 6]);
-        assert!(d.push_room(3));
+        assert!(d.push_room(3, None));
         assert_eq!(d.rx[0].bytes(), [4, 5, 6]);
 
         d.transmit(Instant::ZERO)
@@ -263,16 +307,16 @@ mod tests {
     fn a_full_queue_of_buffers_is_kept_for_the_next_burst() {
         let mut d = QueueDevice::new(1420);
         // First used for a small packet, a buffer still takes a full-size one in place.
-        d.push_rx(&[1; 60]);
+        d.push_rx(&[1; 60], None);
         let first = d.rx[0].bytes().as_ptr();
         d.receive(Instant::ZERO).unwrap().0.consume(|_| ());
-        d.push_rx(&[2; 1420]);
+        d.push_rx(&[2; 1420], None);
         assert_eq!(d.rx[0].bytes().as_ptr(), first);
         d.receive(Instant::ZERO).unwrap().0.consume(|_| ());
 
         let burst = |d: &mut QueueDevice| {
             for _ in 0..QUEUE {
-                assert!(d.push_rx(&[3; 1400]));
+                assert!(d.push_rx(&[3; 1400], None));
             }
             let mut seen = std::collections::HashSet::new();
             while let Some((rx, _)) = d.receive(Instant::ZERO) {

@@ -34,8 +34,9 @@ use crate::daemon::api::Status;
 use crate::daemon::control_loop::ControlState;
 use crate::daemon::dataplane::{apply_netmap, first_change, next_control, snapshot, Wiring};
 use crate::daemon::ping::Pings;
+use crate::packet::PacketInfo;
 use crate::wg::{Peers, Sink};
-use device::QueueDevice;
+use device::{QueueDevice, Segment};
 pub use handle::{ConnReader, ConnStream, ConnWriter, Connection, Listener, Stack};
 pub use stack::StackCore;
 
@@ -63,14 +64,11 @@ impl Sink for StackSink<'_> {
         self.device.rx_room(len)
     }
 
-    fn deliver(&mut self, len: usize) {
-        if self
-            .pings
-            .intercept(&self.device.rx_room(len)[..len], Instant::now())
-        {
+    fn deliver(&mut self, len: usize, info: &PacketInfo) {
+        if self.pings.intercept(info, Instant::now) {
             return;
         }
-        self.device.push_room(len);
+        self.device.push_room(len, Segment::of(info));
     }
 }
 

@@ -20,7 +20,7 @@ use smoltcp::wire::{HardwareAddress, IpCidr};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, trace};
 
-use super::device::QueueDevice;
+use super::device::{QueueDevice, RxPacket, Segment};
 use super::handle::{
     Command, ConnReader, ConnWake, ConnWriter, Connection, Stack, Wakeup, ACCEPT_QUEUE, BACKLOG,
 };
@@ -317,7 +317,7 @@ impl StackCore {
     /// Every queued packet, each to its own socket's set (or to the empty one).
     fn ingress(&mut self, ts: smoltcp::time::Instant) {
         while let Some(packet) = self.device.rx.front() {
-            let id = match self.demux(packet.bytes()) {
+            let id = match self.demux(packet) {
                 Some(id) => Some(id),
                 None => self.listen_for_syn(),
             };
@@ -370,12 +370,15 @@ impl StackCore {
     }
 
     /// The slot a packet is for: its flow's, or a listening one for a SYN to a port listened on.
-    fn demux(&self, packet: &[u8]) -> Option<SlotId> {
-        let (flow, syn) = parse_flow(packet)?;
+    fn demux(&self, packet: &RxPacket) -> Option<SlotId> {
+        let Segment {
+            ends: flow,
+            initial_syn,
+        } = packet.segment()?;
         if let Some(id) = self.flows.get(&flow) {
             return Some(*id);
         }
-        if !syn {
+        if !initial_syn {
             return None;
         }
         let l = self.listeners.get(&flow.0.port())?;
@@ -390,10 +393,12 @@ impl StackCore {
     /// are all taken (a burst): a new listening slot, unless [`ACCEPT_QUEUE`] connections of the
     /// port wait already (then the SYN is refused with RST).
     fn listen_for_syn(&mut self) -> Option<SlotId> {
-        let (flow, syn) = parse_flow(self.device.rx.front()?.bytes())?;
-        let port = flow.0.port();
+        let segment = self.device.rx.front()?.segment()?;
+        let port = segment.ends.0.port();
         let l = self.listeners.get(&port)?;
-        if !syn || l.accepting + l.accepted.max_capacity() - l.accepted.capacity() >= ACCEPT_QUEUE {
+        if !segment.initial_syn
+            || l.accepting + l.accepted.max_capacity() - l.accepted.capacity() >= ACCEPT_QUEUE
+        {
             return None;
         }
         self.add_listening(port)
@@ -846,23 +851,6 @@ fn unreachable_flow(p: &[u8]) -> Option<Flow> {
             SocketAddr::new(original.dst, original.dst_port),
         )
     })
-}
-
-fn parse_flow(p: &[u8]) -> Option<(Flow, bool)> {
-    let info = crate::packet::parse(p).ok()?;
-    let Transport::Tcp {
-        src_port,
-        dst_port,
-        flags,
-    } = info.transport
-    else {
-        return None;
-    };
-    let flow = (
-        SocketAddr::new(info.dst, dst_port),
-        SocketAddr::new(info.src, src_port),
-    );
-    Some((flow, flags.is_initial_syn()))
 }
 
 #[cfg(test)]

@@ -43,10 +43,10 @@ fn counted_pair() -> (Stack, Stack, Crossed) {
                 c.1 += b.device.tx.len();
             }
             while let Some(p) = a.device.tx.pop_front() {
-                b.device.push_rx(&p);
+                b.device.push_rx(&p, Segment::parse(&p));
             }
             while let Some(p) = b.device.tx.pop_front() {
-                a.device.push_rx(&p);
+                a.device.push_rx(&p, Segment::parse(&p));
             }
             if !moved {
                 let delay = [a.poll_delay(now), b.poll_delay(now)]
@@ -305,10 +305,10 @@ fn step_at(a: &mut StackCore, b: &mut StackCore, now: Instant) {
     a.poll(now);
     b.poll(now);
     while let Some(p) = a.device.tx.pop_front() {
-        b.device.push_rx(&p);
+        b.device.push_rx(&p, Segment::parse(&p));
     }
     while let Some(p) = b.device.tx.pop_front() {
-        a.device.push_rx(&p);
+        a.device.push_rx(&p, Segment::parse(&p));
     }
 }
 
@@ -606,33 +606,34 @@ async fn closed_connections_give_their_sockets_back() {
 #[test]
 fn packets_are_matched_to_their_flow() {
     use crate::packet::{build, TcpFlags};
+    let flow = |p: &[u8]| Segment::parse(p).map(|s| (s.ends, s.initial_syn));
     let peer = Ipv4Addr::new(100, 64, 0, 9);
     let v4 = |flags: TcpFlags| build::tcp_v4(peer, A, 50000, 80, flags, b"");
     let ours: SocketAddr = (A, 80).into();
     let theirs: SocketAddr = (peer, 50000).into();
     let syn = v4(TcpFlags::SYN);
-    assert_eq!(parse_flow(&syn), Some(((ours, theirs), true)));
+    assert_eq!(flow(&syn), Some(((ours, theirs), true)));
     let syn_ack = v4(TcpFlags::SYN | TcpFlags::ACK);
-    assert_eq!(parse_flow(&syn_ack), Some(((ours, theirs), false)));
+    assert_eq!(flow(&syn_ack), Some(((ours, theirs), false)));
     let mut dont_fragment = v4(TcpFlags::ACK);
     dont_fragment[6] = 0x40;
-    assert_eq!(parse_flow(&dont_fragment), Some(((ours, theirs), false)));
+    assert_eq!(flow(&dont_fragment), Some(((ours, theirs), false)));
     let udp = build::udp_v4(peer, A, 50000, 80, b"");
-    assert_eq!(parse_flow(&udp), None, "UDP");
+    assert_eq!(flow(&udp), None, "UDP");
     let mut later = syn.clone();
     later[6..8].copy_from_slice(&185u16.to_be_bytes());
-    assert_eq!(parse_flow(&later), None, "a later fragment");
-    assert_eq!(parse_flow(&syn[..33]), None, "cut short");
-    assert_eq!(parse_flow(&[]), None);
-    assert_eq!(parse_flow(&[0x4f; 30]), None);
+    assert_eq!(flow(&later), None, "a later fragment");
+    assert_eq!(flow(&syn[..33]), None, "cut short");
+    assert_eq!(flow(&[]), None);
+    assert_eq!(flow(&[0x4f; 30]), None);
 
     let (src, dst): (Ipv6Addr, Ipv6Addr) = ("fd00::9".parse().unwrap(), "fd00::1".parse().unwrap());
     let v6 = build::tcp_v6(src, dst, 443, 8443, TcpFlags::SYN, b"");
-    let flow = ((dst, 8443).into(), (src, 443).into());
-    assert_eq!(parse_flow(&v6), Some((flow, true)));
+    let ends = ((dst, 8443).into(), (src, 443).into());
+    assert_eq!(flow(&v6), Some((ends, true)));
     let mut not_tcp = v6;
     not_tcp[6] = 59; // "no next header"
-    assert_eq!(parse_flow(&not_tcp), None);
+    assert_eq!(flow(&not_tcp), None);
 }
 
 /// Hands what the stack sends to a WireGuard core and what the core delivers back to the stack.
@@ -643,8 +644,8 @@ impl crate::wg::Sink for ToStack<'_> {
     fn room(&mut self, len: usize) -> &mut [u8] {
         self.0.rx_room(len)
     }
-    fn deliver(&mut self, len: usize) {
-        self.0.push_room(len);
+    fn deliver(&mut self, len: usize, info: &crate::packet::PacketInfo) {
+        self.0.push_room(len, Segment::of(info));
     }
 }
 

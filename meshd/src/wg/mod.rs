@@ -45,7 +45,7 @@ use pending::PendingInits;
 use unrouted::Unrouted;
 
 use crate::filter::{PacketFilter, Verdict};
-use crate::packet;
+use crate::packet::{self, PacketInfo};
 use crate::routes::RouteTable;
 use crate::FastMap;
 
@@ -69,8 +69,9 @@ pub trait Sink {
     /// buffer, with its contents, until [`deliver`](Sink::deliver).
     fn room(&mut self, len: usize) -> &mut [u8];
     /// Delivers the first `len` bytes of the room to the host (TUN device or userspace stack):
-    /// a decrypted, checked packet.
-    fn deliver(&mut self, len: usize);
+    /// a decrypted, checked packet, and what the packet filter parsed of it (so that the host
+    /// need not parse it again).
+    fn deliver(&mut self, len: usize, info: &PacketInfo);
 }
 
 /// Why traffic was dropped, counted for `meshd status`.
@@ -357,9 +358,12 @@ impl Peers {
     /// ([`unrouted::unreachable`]).
     fn no_route(&mut self, pkt: &[u8], sink: &mut impl Sink) {
         self.drops.no_route += 1;
-        if let Some(icmp) = unrouted::unreachable(pkt) {
+        let Some(icmp) = unrouted::unreachable(pkt) else {
+            return;
+        };
+        if let Ok(info) = packet::parse(&icmp) {
             sink.room(icmp.len())[..icmp.len()].copy_from_slice(&icmp);
-            sink.deliver(icmp.len());
+            sink.deliver(icmp.len(), &info);
         }
     }
 
@@ -521,7 +525,7 @@ impl Peers {
         match filter.inbound(&info, &peer.node, now) {
             Verdict::Accept => {
                 peer.rx_packets += 1;
-                sink.deliver(len);
+                sink.deliver(len, &info);
             }
             Verdict::Drop(reason) => {
                 drops.filtered += 1;

@@ -32,7 +32,8 @@ impl Sink for Out {
         }
         &mut self.room
     }
-    fn deliver(&mut self, len: usize) {
+    fn deliver(&mut self, len: usize, info: &PacketInfo) {
+        assert_eq!(packet::parse(&self.room[..len]).as_ref(), Ok(info));
         self.delivered.push(self.room[..len].to_vec());
     }
 }
