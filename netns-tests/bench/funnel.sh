@@ -13,7 +13,7 @@
 # Usage (as root, from anywhere in the repository):
 #   netns-tests/bench/funnel.sh [--duration S] [--connections N,M,...] [--rounds N] [--firsts N]
 #                               [--no-build] [--edge-tun] [--node-userspace] [--edge-cpu F]
-#                               [--hold S] [--append-doc]
+#                               [--pin] [--hold S] [--append-doc]
 # --connections: wrk's concurrent connections for requests per second, one row each (default
 # 16,64,256: with 16 the funnel's longer path leaves its edge waiting part of the time, with 64 it
 # is busy, 256 are more requests in flight than a small connection pool to the node would keep).
@@ -30,6 +30,10 @@
 # (a cgroup CPU quota), the other hosts are not limited: requests per second then measure what
 # the edge host can serve through the funnel against what it can serve itself, as when the
 # client, the edge and the node are machines of their own (F must leave the rest room, e.g. 0.4).
+# --pin: the edge host's processes run on CPU 0 only, every other process (coord, the node's
+# meshd and nginx, wrk) on the other CPUs, so that the edge host has a core and its caches to
+# itself as a machine of its own would (unpinned, the scheduler runs the node's meshd on the
+# edge's core between the edge's turns; the direct runs have no node to do that). Needs 2 CPUs.
 # --hold S: after the first requests, keep the topology up for S seconds before measuring (to
 # attach a profiler or try requests by hand; the namespaces are named in the log).
 # Needs: wrk, nginx, openssl, curl (Debian: apt-get install wrk nginx-light openssl curl).
@@ -47,6 +51,7 @@ HOLD=0
 EDGE_MODE=()
 NODE_MODE=()
 EDGE_CPU=""
+PIN=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --duration) DURATION="$2"; shift 2 ;;
@@ -59,8 +64,9 @@ while [ $# -gt 0 ]; do
         --edge-tun) EDGE_MODE=(--tun); shift ;;
         --node-userspace) NODE_MODE=(--userspace); shift ;;
         --edge-cpu) EDGE_CPU="$2"; shift 2 ;;
+        --pin) PIN=1; shift ;;
         --append-doc) APPEND=1; shift ;;
-        -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,39p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -94,6 +100,17 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 in_ns() { local h="$1"; shift; ip netns exec "$TAG$h" "$@"; }
+# --pin: CPU 0 for the edge host, the others for the rest (affinity is inherited by children).
+ON_EDGE_CPU=()
+ON_OTHER_CPUS=()
+if [ "$PIN" = 1 ]; then
+    ncpu=$(nproc)
+    [ "$ncpu" -ge 2 ] || { echo "--pin needs 2 CPUs, this machine has $ncpu" >&2; exit 2; }
+    ON_EDGE_CPU=(taskset -c 0)
+    ON_OTHER_CPUS=(taskset -c "1-$((ncpu - 1))")
+fi
+PIN_NOTE=""
+if [ "$PIN" = 1 ]; then PIN_NOTE=", the edge host pinned to CPU 0 and the rest to the others"; fi
 # The edge host's CPU limit (--edge-cpu): a cgroup with a CFS quota (v1 cpu controller or v2).
 # The period is 10 ms, not the kernel's default 100 ms: with 100 ms a 0.4-CPU quota runs the
 # edge for 40 ms and then stops it for 60, long enough for a 1 MiB response's packets to overflow
@@ -117,12 +134,14 @@ if [ -n "$EDGE_CPU" ]; then
 fi
 spawn() {  # spawn HOST LOG CMD...: processes of the edge host go into its cgroup, if any
     local h="$1" logf="$2"; shift 2
+    local pin=("${ON_OTHER_CPUS[@]}")
+    if [ "$h" = edge ]; then pin=("${ON_EDGE_CPU[@]}"); fi
     if [ "$h" = edge ] && [ -n "$CG" ]; then
         # Joined before entering the namespace (`ip netns exec` mounts a sysfs of its own).
-        sh -c 'echo $$ >"$0" && exec "$@"' "$CG/cgroup.procs" ip netns exec "$TAG$h" "$@" \
-            >"$logf" 2>&1 &
+        "${pin[@]}" sh -c 'echo $$ >"$0" && exec "$@"' "$CG/cgroup.procs" \
+            ip netns exec "$TAG$h" "$@" >"$logf" 2>&1 &
     else
-        ip netns exec "$TAG$h" "$@" >"$logf" 2>&1 &
+        "${pin[@]}" ip netns exec "$TAG$h" "$@" >"$logf" 2>&1 &
     fi
     PIDS+=("$!")
 }
@@ -307,7 +326,7 @@ wrk_run() {
     local out a0 b0 a1 b1
     # shellcheck disable=SC2086 # PID lists
     { a0=$(cpu_ticks $a); b0=$(cpu_ticks $b); }
-    out=$(in_ns client wrk -t1 -c"$conns" -d"${secs}s" --timeout 30s --latency "${extra[@]}" "$url" 2>&1)
+    out=$("${ON_OTHER_CPUS[@]}" ip netns exec "${TAG}client" wrk -t1 -c"$conns" -d"${secs}s" --timeout 30s --latency "${extra[@]}" "$url" 2>&1)
     # shellcheck disable=SC2086
     { a1=$(cpu_ticks $a); b1=$(cpu_ticks $b); }
     printf '== %s %s c%s\n%s\n' "$url" "$mode" "$conns" "$out" >>"$WORK/wrk.log"
@@ -402,7 +421,7 @@ fi
 report=$(cat <<REPORT
 ### Funnel: $(date -u +%Y-%m-%dT%H:%M:%SZ) @ $commit
 
-$(nproc) CPU${EDGE_CPU:+ (edge host limited to $EDGE_CPU CPU, 10 ms quota period)}, $(uname -r); load average at start $LOAD_START, at end $(cut -d' ' -f1-3 /proc/loadavg);
+$(nproc) CPU${EDGE_CPU:+ (edge host limited to $EDGE_CPU CPU, 10 ms quota period)}${PIN_NOTE}, $(uname -r); load average at start $LOAD_START, at end $(cut -d' ' -f1-3 /proc/loadavg);
 $WRK_LINE; nginx
 $(nginx -v 2>&1 | sed 's/.*nginx\///'), one worker each, on the node's 127.0.0.1 and (TLS, HTTP/2) on the edge host.
 Command: \`$ORIG_CMD\`
