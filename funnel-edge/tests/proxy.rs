@@ -12,6 +12,9 @@ use std::time::Duration;
 
 use common::{checks, curl, Edge};
 use funnel_edge::proxy::ProxyOptions;
+use futures_util::StreamExt;
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -343,4 +346,109 @@ async fn idle_and_slow_connections_are_closed() {
         .expect("the edge closed the slow connection")
         .ok();
     assert!(!String::from_utf8_lossy(&rest).contains("200 OK"));
+}
+
+/// GETs /hello on an HTTP/1.1 connection of hyper's client: the body.
+async fn hello(send: &mut hyper::client::conn::http1::SendRequest<String>, edge: &Edge) -> String {
+    let req = hyper::Request::get(edge.url("hello", "/hello"))
+        .header("host", "hello.funnel.localhost")
+        .body(String::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_keep_alive_connection_is_closed_by_the_idle_timeout_not_the_header_one() {
+    let edge = Edge::start_with(ProxyOptions {
+        header_read_timeout: Duration::from_secs(1),
+        idle_timeout: Duration::from_secs(8),
+        ..ProxyOptions::default()
+    })
+    .await;
+    let tls = edge
+        .tls_client("hello.funnel.localhost", &[b"http/1.1"])
+        .await;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    assert_eq!(hello(&mut send, &edge).await, "hello from the service\n");
+    // Idle between two requests for longer than the header timeout: still open.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(!conn.is_finished(), "closed after the header timeout");
+    assert_eq!(hello(&mut send, &edge).await, "hello from the service\n");
+
+    // A request head begun and not finished is still closed after the header timeout, on a
+    // connection that has answered a request before.
+    let mut raw = edge
+        .tls_client("hello.funnel.localhost", &[b"http/1.1"])
+        .await;
+    raw.write_all(b"GET /hello HTTP/1.1\r\nHost: hello.funnel.localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("hello from the service") {
+        let n = tokio::time::timeout(Duration::from_secs(10), raw.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "{}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let start = std::time::Instant::now();
+    raw.write_all(b"GET /hello HTTP/1.1\r\nHost: hel")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(6), raw.read_to_end(&mut rest))
+        .await
+        .expect("the half head was closed before the idle timeout")
+        .ok();
+    assert!(
+        start.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(!String::from_utf8_lossy(&rest).contains("200 OK"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_body_slower_than_the_header_timeout_is_not_cut() {
+    let edge = Edge::start_with(ProxyOptions {
+        header_read_timeout: Duration::from_secs(1),
+        ..ProxyOptions::default()
+    })
+    .await;
+    let tls = edge
+        .tls_client("hello.funnel.localhost", &[b"http/1.1"])
+        .await;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let frames = futures_util::stream::iter(0..3).then(|i| async move {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(800)).await;
+        }
+        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes::Bytes::from(vec![
+            7u8;
+            1000
+        ])))
+    });
+    let req = hyper::Request::post(edge.url("hello", "/upload"))
+        .header("host", "hello.funnel.localhost")
+        .header("content-length", 3000)
+        .body(http_body_util::StreamBody::new(frames))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(
+        String::from_utf8_lossy(&body).ends_with(" 3000\n"),
+        "{body:?}"
+    );
 }

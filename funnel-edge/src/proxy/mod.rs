@@ -10,10 +10,7 @@
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -23,15 +20,17 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info};
 
+use activity::{Activity, Due, Tracked};
+
 use crate::dial::Dialer;
 use crate::routes::{Lookup, RouteTable};
 
+mod activity;
 mod h1;
 pub mod headers;
 mod idle;
@@ -206,16 +205,28 @@ async fn connection(shared: Arc<Shared>, acceptor: TlsAcceptor, tcp: TcpStream, 
         activity: activity.clone(),
     });
     let svc_shared = shared.clone();
+    let svc_activity = activity.clone();
     let service = service_fn(move |req| {
         let (shared, info) = (svc_shared.clone(), info.clone());
-        async move { Ok::<_, Infallible>(handle(&shared, &info, req).await) }
+        // HTTP/1.1: the request is answered until its response body ends (no header timeout
+        // meanwhile). HTTP/2 has no header timeout of ours.
+        let answering = (!h2).then(|| svc_activity.answering());
+        async move {
+            let resp = handle(&shared, &info, req).await;
+            Ok::<_, Infallible>(match answering {
+                Some(a) => resp.map(|body| a.body(body)),
+                None => resp,
+            })
+        }
     });
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(opts.header_read_timeout)
+        // Ours instead ([`activity`]): hyper's also ran while a keep-alive connection waited
+        // between requests, and closed it after the header timeout instead of the idle one.
+        .header_read_timeout(None)
         .max_buf_size(opts.max_header_bytes.max(8192));
     builder
         .http2()
@@ -232,9 +243,10 @@ async fn connection(shared: Arc<Shared>, acceptor: TlsAcceptor, tcp: TcpStream, 
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     let idle = opts.idle_timeout;
+    let head_timeout = (!h2).then_some(opts.header_read_timeout);
     let mut closing = false;
     loop {
-        let deadline = activity.last() + idle;
+        let (deadline, _) = activity.due(idle, head_timeout);
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
@@ -243,8 +255,13 @@ async fn connection(shared: Arc<Shared>, acceptor: TlsAcceptor, tcp: TcpStream, 
                 return;
             }
             _ = tokio::time::sleep_until(deadline.into()) => {
-                if activity.last() + idle > Instant::now() {
+                let (deadline, due) = activity.due(idle, head_timeout);
+                if deadline > Instant::now() {
                     continue;
+                }
+                if due == Due::Head {
+                    debug!(%peer, "request head not received in time: closed");
+                    return;
                 }
                 if closing {
                     debug!(%peer, "idle connection dropped");
@@ -350,89 +367,4 @@ async fn until_gone(shared: &Shared, conn: &ConnInfo, name: &str) -> Response<Bo
 fn answered_early(req: Request<Incoming>, resp: Response<Body>) -> Response<Body> {
     upload::discard(req.into_body());
     resp
-}
-
-/// When a connection last moved a byte, in milliseconds since it started.
-#[derive(Debug)]
-struct Activity {
-    start: Instant,
-    last_ms: AtomicU64,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Self {
-            start: Instant::now(),
-            last_ms: AtomicU64::new(0),
-        }
-    }
-
-    fn touch(&self) {
-        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(ms, Ordering::Relaxed);
-    }
-
-    fn last(&self) -> Instant {
-        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
-    }
-}
-
-/// A stream that records when bytes last went through it.
-#[derive(Debug)]
-struct Tracked<S> {
-    inner: S,
-    activity: Arc<Activity>,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.activity.touch();
-        }
-        r
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        r
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        r
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }
