@@ -359,21 +359,39 @@ async fn hello(send: &mut hyper::client::conn::http1::SendRequest<String>, edge:
     String::from_utf8_lossy(&body).into_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_keep_alive_connection_is_closed_by_the_idle_timeout_not_the_header_one() {
+/// An edge with a 1 s header timeout (and `idle`), and an HTTP/1.1 connection of hyper's client
+/// to it, whose task ends when the connection does.
+async fn short_header_timeout<B>(
+    idle: Duration,
+) -> (
+    Edge,
+    hyper::client::conn::http1::SendRequest<B>,
+    tokio::task::JoinHandle<Result<(), hyper::Error>>,
+)
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let edge = Edge::start_with(ProxyOptions {
         header_read_timeout: Duration::from_secs(1),
-        idle_timeout: Duration::from_secs(8),
+        idle_timeout: idle,
         ..ProxyOptions::default()
     })
     .await;
     let tls = edge
         .tls_client("hello.funnel.localhost", &[b"http/1.1"])
         .await;
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .unwrap();
     let conn = tokio::spawn(conn);
+    (edge, send, conn)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_keep_alive_connection_is_closed_by_the_idle_timeout_not_the_header_one() {
+    let (edge, mut send, conn) = short_header_timeout(Duration::from_secs(8)).await;
     assert_eq!(hello(&mut send, &edge).await, "hello from the service\n");
     // Idle between two requests for longer than the header timeout: still open.
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -418,18 +436,7 @@ async fn a_keep_alive_connection_is_closed_by_the_idle_timeout_not_the_header_on
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_request_body_slower_than_the_header_timeout_is_not_cut() {
-    let edge = Edge::start_with(ProxyOptions {
-        header_read_timeout: Duration::from_secs(1),
-        ..ProxyOptions::default()
-    })
-    .await;
-    let tls = edge
-        .tls_client("hello.funnel.localhost", &[b"http/1.1"])
-        .await;
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let (edge, mut send, _conn) = short_header_timeout(ProxyOptions::default().idle_timeout).await;
     let frames = futures_util::stream::iter(0..3).then(|i| async move {
         if i > 0 {
             tokio::time::sleep(Duration::from_millis(800)).await;
