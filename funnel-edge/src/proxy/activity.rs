@@ -95,6 +95,7 @@ impl Activity {
         );
     }
 
+    /// When a byte last went either way.
     pub(super) fn last(&self) -> Instant {
         self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
     }
