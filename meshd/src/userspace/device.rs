@@ -67,7 +67,8 @@ pub struct Segment {
 }
 
 impl Segment {
-    /// The segment a parsed packet is, if it is TCP.
+    /// The segment a parsed packet is, if it is TCP. `None` for anything else (a later fragment
+    /// parses with no transport header): such packets go to no connection's socket.
     pub fn of(info: &PacketInfo) -> Option<Segment> {
         let Transport::Tcp {
             src_port,

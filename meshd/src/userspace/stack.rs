@@ -823,9 +823,6 @@ impl Drop for StackCore {
     }
 }
 
-/// A TCP packet's flow (its destination is the node's end), and whether it opens a connection
-/// (SYN without ACK), read with the data plane's parser. `None` for anything else (later
-/// fragments and malformed packets included): those go to no socket.
 /// The connection (our end, the peer's end) an ICMP "destination unreachable" reports on, when
 /// it quotes one of our TCP segments. "Fragmentation needed" is not a failure to connect.
 fn unreachable_flow(p: &[u8]) -> Option<Flow> {
