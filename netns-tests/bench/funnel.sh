@@ -316,27 +316,44 @@ cpu_ticks() {  # cpu_ticks PID...: user + system ticks of these processes and th
     done
     echo "$t"
 }
+# Requests per second are counted in bytes: wrk's bytes received over the run (a Lua `done`
+# hook prints them and the run's exact length) divided by the size of one response (its head and
+# body, as curl receives it over HTTP/1.1 in the same mode). A response still arriving when a run
+# ends counts for the part that arrived, so long responses on many connections (1 MiB on 256
+# connections: one or two complete per connection in a round) are not counted in whole
+# responses, which made the rate of such a row the rounding of the run's end.
+printf 'done = function(s) io.write(string.format("bytes %%d %%d\\n", s.bytes, s.duration)) end\n' \
+    >"$WORK/bytes.lua"
+response_size() {  # response_size URL MODE: bytes of one response, head and body (-k: a size)
+    local extra=()
+    [ "$2" = close ] && extra=(-H "Connection: close")
+    ip netns exec "${TAG}client" curl -sk --http1.1 "${extra[@]}" -o /dev/null \
+        -w '%{size_header} %{size_download}' "$1" | awk '{print $1 + $2}'
+}
 # wrk_run URL MODE CONNS "PIDS_A" "PIDS_B": "rps cpu_a_us cpu_b_us p50_ms p99_ms", the CPU
-# times per completed request of two groups of processes (A on the edge host, B on the node).
-# Only 2xx and 3xx responses count: others (an edge's 502 page, say) are taken out of rps and
-# the per-request CPU, and added up in $WORK/bad for the report.
+# times per request (in bytes, as above) of two groups of processes (A on the edge host, B on
+# the node). Only 2xx and 3xx responses count: others (an edge's 502 page, say) are taken out of
+# rps and the per-request CPU in proportion, and added up in $WORK/bad for the report.
 wrk_run() {
     local url="$1" mode="$2" conns="$3" a="$4" b="$5" extra=() secs="${RUN_SECS:-$DURATION}"
     [ "$mode" = close ] && extra=(-H "Connection: close")
-    local out a0 b0 a1 b1
+    local out a0 b0 a1 b1 size
+    size=$(response_size "$url" "$mode")
     # shellcheck disable=SC2086 # PID lists
     { a0=$(cpu_ticks $a); b0=$(cpu_ticks $b); }
-    out=$("${ON_OTHER_CPUS[@]}" ip netns exec "${TAG}client" wrk -t1 -c"$conns" -d"${secs}s" --timeout 30s --latency "${extra[@]}" "$url" 2>&1)
+    out=$("${ON_OTHER_CPUS[@]}" ip netns exec "${TAG}client" wrk -t1 -c"$conns" -d"${secs}s" --timeout 30s --latency -s "$WORK/bytes.lua" "${extra[@]}" "$url" 2>&1)
     # shellcheck disable=SC2086
     { a1=$(cpu_ticks $a); b1=$(cpu_ticks $b); }
-    printf '== %s %s c%s\n%s\n' "$url" "$mode" "$conns" "$out" >>"$WORK/wrk.log"
+    printf '== %s %s c%s (%s bytes a response)\n%s\n' "$url" "$mode" "$conns" "$size" "$out" >>"$WORK/wrk.log"
     local rps n p50 p99
     local total bad
     total=$(echo "$out" | awk '/requests in/ {print $1}')
     bad=$(echo "$out" | awk '/Non-2xx or 3xx responses:/ {print $5}')
-    n=$(( ${total:-0} - ${bad:-0} ))
-    rps=$(echo "$out" | awk -v n="$n" -v t="${total:-0}" \
-        '/^Requests\/sec:/ { if (t > 0) printf "%.2f", $2 * n / t; else print 0 }')
+    # Responses in bytes (those not 2xx/3xx taken out in proportion) and per second.
+    read -r n rps < <(echo "$out" | awk -v size="${size:-0}" -v t="${total:-0}" -v bad="${bad:-0}" '
+        $1 == "bytes" && size > 0 && t > 0 && $3 > 0 {
+            n = $2 / size * (t - bad) / t; printf "%.0f %.2f\n", n, n / ($3 / 1e6); found = 1 }
+        END { if (!found) print "0 0" }')
     if [ "${bad:-0}" -gt 0 ]; then
         log "  $url ($mode, $conns connections): $bad of $total responses were not 2xx/3xx"
         echo "$bad $url $mode c$conns" >>"$WORK/bad"
@@ -422,7 +439,8 @@ report=$(cat <<REPORT
 ### Funnel: $(date -u +%Y-%m-%dT%H:%M:%SZ) @ $commit
 
 $(nproc) CPU${EDGE_CPU:+ (edge host limited to $EDGE_CPU CPU, 10 ms quota period)}${PIN_NOTE}, $(uname -r); load average at start $LOAD_START, at end $(cut -d' ' -f1-3 /proc/loadavg);
-$WRK_LINE; nginx
+$WRK_LINE; requests per second (and CPU per request) count wrk's bytes received in responses
+of the page's size, so responses still arriving as a run ends count for what arrived; nginx
 $(nginx -v 2>&1 | sed 's/.*nginx\///'), one worker each, on the node's 127.0.0.1 and (TLS, HTTP/2) on the edge host.
 Command: \`$ORIG_CMD\`
 
