@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Where the CPU of one request goes, on a topology that `funnel.sh --hold S` keeps up: runs wrk
 # from its client namespace (through the funnel, or straight to the edge host's nginx with
-# --direct) and reports, per completed request:
+# --direct) and reports, per request (counted in bytes: responses.sh):
 #   - the CPU time (user + system, from /proc) of every process of the edge and node hosts;
 #   - the edge host's system calls and context switches (perf stat; skipped without perf);
 #   - how often the edge host's CPU quota stopped it (its cgroup's cpu.stat, with --edge-cpu).
@@ -12,23 +12,27 @@
 #
 # Usage (as root, while funnel.sh --hold runs; TAG is the mffNNN its log names):
 #   netns-tests/bench/cost.sh TAG [--direct] [--page small.html|1m.bin] [--connections N]
-#                                 [--duration S]
+#                                 [--duration S] [--close]
+# --close: a new connection per request (wrk sends `Connection: close`). Requests are counted
+# in bytes, as funnel.sh counts them (responses.sh).
 # Needs: wrk; perf (Debian: linux-perf) for the system call counts.
 set -euo pipefail
 
-[ $# -ge 1 ] || { sed -n '2,17p' "$0"; exit 2; }
+[ $# -ge 1 ] || { sed -n '2,18p' "$0"; exit 2; }
 TAG="$1"; shift
 URL_HOST="https://node.bench.example"
 PAGE=small.html
 CONNS=16
 SECS=5
+MODE=keepalive
 while [ $# -gt 0 ]; do
     case "$1" in
         --direct) URL_HOST="https://direct.bench.example:9443"; shift ;;
         --page) PAGE="$2"; shift 2 ;;
         --connections) CONNS="$2"; shift 2 ;;
         --duration) SECS="$2"; shift 2 ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        --close) MODE=close; shift ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -59,13 +63,21 @@ if command -v perf >/dev/null; then
         -o "/tmp/cost.$$.perf" -- sleep "$SECS" &
     PERF=$!
 fi
-out=$(ip netns exec "${TAG}client" wrk -t1 -c"$CONNS" -d"${SECS}s" "$URL_HOST/$PAGE" 2>&1)
+# shellcheck source=netns-tests/bench/responses.sh
+. "$(dirname "$0")/responses.sh"
+bytes_hook "/tmp/cost.$$.lua"
+size=$(response_size "${TAG}client" "$URL_HOST/$PAGE" "$MODE")
+wrk_extra=()
+[ "$MODE" = close ] && wrk_extra=(-H "Connection: close")
+out=$(ip netns exec "${TAG}client" wrk -t1 -c"$CONNS" -d"${SECS}s" -s "/tmp/cost.$$.lua" \
+    "${wrk_extra[@]}" "$URL_HOST/$PAGE" 2>&1)
 [ -n "${PERF:-}" ] && wait "$PERF"
-n=$(echo "$out" | awk '/requests in/ {print $1}')
-[ -n "$n" ] && [ "$n" -gt 0 ] || { echo "wrk completed no request:" >&2; echo "$out" >&2; exit 1; }
+read -r n rate < <(echo "$out" | responses "$size")
+[ "$n" -gt 0 ] || { echo "wrk completed no request:" >&2; echo "$out" >&2; exit 1; }
 
 TCK=$(getconf CLK_TCK)
-echo "$URL_HOST/$PAGE, $CONNS connections, ${SECS} s: $n requests, $((n / SECS)) per second"
+echo "$URL_HOST/$PAGE ($MODE), $CONNS connections, ${SECS} s: $n requests, $rate per second" \
+    "(counted in bytes, $size a response)"
 echo "CPU µs per request:"
 for host in edge node; do
     pids=$EDGE_PIDS; [ $host = node ] && pids=$NODE_PIDS

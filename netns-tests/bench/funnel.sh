@@ -316,20 +316,11 @@ cpu_ticks() {  # cpu_ticks PID...: user + system ticks of these processes and th
     done
     echo "$t"
 }
-# Requests per second are counted in bytes: wrk's bytes received over the run (a Lua `done`
-# hook prints them and the run's exact length) divided by the size of one response (its head and
-# body, as curl receives it over HTTP/1.1 in the same mode). A response still arriving when a run
-# ends counts for the part that arrived, so long responses on many connections (1 MiB on 256
-# connections: one or two complete per connection in a round) are not counted in whole
-# responses, which made the rate of such a row the rounding of the run's end.
-printf 'done = function(s) io.write(string.format("bytes %%d %%d\\n", s.bytes, s.duration)) end\n' \
-    >"$WORK/bytes.lua"
-response_size() {  # response_size URL MODE: bytes of one response, head and body (-k: a size)
-    local extra=()
-    [ "$2" = close ] && extra=(-H "Connection: close")
-    ip netns exec "${TAG}client" curl -sk --http1.1 "${extra[@]}" -o /dev/null \
-        -w '%{size_header} %{size_download}' "$1" | awk '{print $1 + $2}'
-}
+# Requests per second are counted in bytes (responses.sh): a response still arriving when a run
+# ends counts for what arrived.
+# shellcheck source=netns-tests/bench/responses.sh
+. "$REPO/netns-tests/bench/responses.sh"
+bytes_hook "$WORK/bytes.lua"
 # wrk_run URL MODE CONNS "PIDS_A" "PIDS_B": "rps cpu_a_us cpu_b_us p50_ms p99_ms", the CPU
 # times per request (in bytes, as above) of two groups of processes (A on the edge host, B on
 # the node). Only 2xx and 3xx responses count: others (an edge's 502 page, say) are taken out of
@@ -338,7 +329,7 @@ wrk_run() {
     local url="$1" mode="$2" conns="$3" a="$4" b="$5" extra=() secs="${RUN_SECS:-$DURATION}"
     [ "$mode" = close ] && extra=(-H "Connection: close")
     local out a0 b0 a1 b1 size
-    size=$(response_size "$url" "$mode")
+    size=$(response_size "${TAG}client" "$url" "$mode")
     # shellcheck disable=SC2086 # PID lists
     { a0=$(cpu_ticks $a); b0=$(cpu_ticks $b); }
     out=$("${ON_OTHER_CPUS[@]}" ip netns exec "${TAG}client" wrk -t1 -c"$conns" -d"${secs}s" --timeout 30s --latency -s "$WORK/bytes.lua" "${extra[@]}" "$url" 2>&1)
@@ -349,11 +340,7 @@ wrk_run() {
     local total bad
     total=$(echo "$out" | awk '/requests in/ {print $1}')
     bad=$(echo "$out" | awk '/Non-2xx or 3xx responses:/ {print $5}')
-    # Responses in bytes (those not 2xx/3xx taken out in proportion) and per second.
-    read -r n rps < <(echo "$out" | awk -v size="${size:-0}" -v t="${total:-0}" -v bad="${bad:-0}" '
-        $1 == "bytes" && size > 0 && t > 0 && $3 > 0 {
-            n = $2 / size * (t - bad) / t; printf "%.0f %.2f\n", n, n / ($3 / 1e6); found = 1 }
-        END { if (!found) print "0 0" }')
+    read -r n rps < <(echo "$out" | responses "$size")
     if [ "${bad:-0}" -gt 0 ]; then
         log "  $url ($mode, $conns connections): $bad of $total responses were not 2xx/3xx"
         echo "$bad $url $mode c$conns" >>"$WORK/bad"
