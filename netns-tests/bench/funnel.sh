@@ -321,6 +321,8 @@ cpu_ticks() {  # cpu_ticks PID...: user + system ticks of these processes and th
 # shellcheck source=netns-tests/bench/responses.sh
 . "$REPO/netns-tests/bench/responses.sh"
 bytes_hook "$WORK/bytes.lua"
+# One response's size per "URL MODE", measured once per page and mode (below) for their runs.
+declare -A RESPONSE_SIZE
 # wrk_run URL MODE CONNS "PIDS_A" "PIDS_B": "rps cpu_a_us cpu_b_us p50_ms p99_ms", the CPU
 # times per request (in bytes, as above) of two groups of processes (A on the edge host, B on
 # the node). Only 2xx and 3xx responses count: others (an edge's 502 page, say) are taken out of
@@ -328,8 +330,7 @@ bytes_hook "$WORK/bytes.lua"
 wrk_run() {
     local url="$1" mode="$2" conns="$3" a="$4" b="$5" extra=() secs="${RUN_SECS:-$DURATION}"
     [ "$mode" = close ] && extra=(-H "Connection: close")
-    local out a0 b0 a1 b1 size
-    size=$(response_size "${TAG}client" "$url" "$mode")
+    local out a0 b0 a1 b1 size="${RESPONSE_SIZE["$url $mode"]:-0}"
     # shellcheck disable=SC2086 # PID lists
     { a0=$(cpu_ticks $a); b0=$(cpu_ticks $b); }
     out=$("${ON_OTHER_CPUS[@]}" ip netns exec "${TAG}client" wrk -t1 -c"$conns" -d"${secs}s" --timeout 30s --latency -s "$WORK/bytes.lua" "${extra[@]}" "$url" 2>&1)
@@ -399,6 +400,9 @@ for size in small.html 1m.bin; do
     for mode in keepalive close; do
         f_url="https://node.bench.example/$size"
         d_url="https://direct.bench.example:9443/$size"
+        for u in "$f_url" "$d_url"; do
+            RESPONSE_SIZE["$u $mode"]=$(response_size "${TAG}client" "$u" "$mode")
+        done
         log "wrk $size ($mode, 1 connection): funnel, direct"
         read -r _ _ _ f_p50 f_p99 < <(wrk_run "$f_url" "$mode" 1 "" "")
         read -r _ _ _ d_p50 d_p99 < <(wrk_run "$d_url" "$mode" 1 "" "")
