@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::{next_msg, Coord};
 use keys::PrivateKey;
-use meshd::control::{ControlClient, ControlError, Trust};
+use meshd::control::{ControlClient, ControlError, Trust, IDLE_REUSE};
 use proto::auth;
 use proto::map::MapMessage;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -109,6 +109,13 @@ impl CountingRelay {
 
     fn connections(&self) -> usize {
         self.accepts.load(Ordering::SeqCst)
+    }
+
+    /// A control client (a new node key) that reaches `coord` through this relay.
+    fn client(&self, coord: &Coord) -> ControlClient {
+        let url = format!("https://{}", self.addr);
+        let trust = Trust::Fingerprint(coord.fingerprint.clone());
+        ControlClient::new(&url, trust, PrivateKey::generate()).expect("control client")
     }
 }
 
@@ -328,9 +335,7 @@ async fn short_requests_share_one_connection_and_the_map_gets_its_own() {
     let dir = tempfile::tempdir().unwrap();
     let coord = Coord::start(dir.path());
     let relay = CountingRelay::start(coord.addr).await;
-    let url = format!("https://{}", relay.addr);
-    let trust = Trust::Fingerprint(coord.fingerprint.clone());
-    let client = ControlClient::new(&url, trust, PrivateKey::generate()).unwrap();
+    let client = relay.client(&coord);
     assert_eq!(
         relay.connections(),
         0,
@@ -362,15 +367,32 @@ async fn short_requests_share_one_connection_and_the_map_gets_its_own() {
     assert_eq!(relay.connections(), 2, "short requests stay on the first");
 }
 
+/// The kept connection carries requests only while it has been idle for less than
+/// `IDLE_REUSE`, well before coord closes it: after that the next request opens a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_idle_for_long_is_not_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let coord = Coord::start(dir.path());
+    let relay = CountingRelay::start(coord.addr).await;
+    let client = relay.client(&coord);
+    client.info().await.unwrap();
+    tokio::time::sleep(IDLE_REUSE / 2).await;
+    client.info().await.unwrap();
+    assert_eq!(relay.connections(), 1, "reused while young");
+    tokio::time::sleep(IDLE_REUSE + Duration::from_millis(200)).await;
+    client.info().await.unwrap();
+    assert_eq!(relay.connections(), 2, "a new one after IDLE_REUSE");
+    client.info().await.unwrap();
+    assert_eq!(relay.connections(), 2, "and that one is kept");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_that_crosses_the_close_of_an_idle_connection_goes_again() {
     let dir = tempfile::tempdir().unwrap();
     let coord = Coord::start(dir.path());
     let idle = Duration::from_millis(300);
     let relay = CountingRelay::start_with(coord.addr, Some(idle)).await;
-    let url = format!("https://{}", relay.addr);
-    let trust = Trust::Fingerprint(coord.fingerprint.clone());
-    let client = ControlClient::new(&url, trust, PrivateKey::generate()).unwrap();
+    let client = relay.client(&coord);
     client.info().await.unwrap();
     client
         .register(Some(&coord.authkey(&[])), "laptop")

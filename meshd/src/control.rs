@@ -34,6 +34,7 @@ use proto::api::{
 use proto::auth::{RequestKey, SignedParts};
 use serde::de::DeserializeOwned;
 
+pub use conn::IDLE_REUSE;
 pub use stream::{MapStream, MAX_LINE_BYTES};
 pub use trust::{normalize_fingerprint, Trust};
 

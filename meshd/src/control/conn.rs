@@ -1,9 +1,10 @@
 //! The transport to one coordinator: its URL, TCP + TLS connections, and HTTP/1.1 exchanges over
-//! them (hyper's client connection API). One idle connection is kept for the next short request.
+//! them (hyper's client connection API). One idle connection is kept for the next short request,
+//! for at most [`IDLE_REUSE`].
 
 use std::io;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{ACCEPT, CONTENT_TYPE, HOST, USER_AGENT};
@@ -27,6 +28,10 @@ pub(super) type Sender = http1::SendRequest<Full<Bytes>>;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A short request, from connect to the last byte of the answer; the map stream's headers.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the kept connection may sit idle and still carry the next request: well inside the
+/// 10 s after which the coordinator closes an idle connection, so a request seldom crosses that
+/// close on the wire (and goes again when it does, see `send_reusing`).
+pub const IDLE_REUSE: Duration = Duration::from_secs(5);
 
 pub(super) struct Connector {
     /// `host[:port]` as in the URL: the `Host` header and what errors name.
@@ -36,7 +41,8 @@ pub(super) struct Connector {
     port: u16,
     server_name: ServerName<'static>,
     tls: TlsConnector,
-    idle: Mutex<Option<Sender>>,
+    /// The kept connection and when its last answer was read.
+    idle: Mutex<Option<(Sender, Instant)>>,
 }
 
 impl std::fmt::Debug for Connector {
@@ -146,7 +152,8 @@ impl Connector {
             let status = response.status().as_u16();
             let body = read_body(response.into_body(), limit, what).await?;
             // Only a connection whose answer was read in full can carry the next request.
-            *self.idle.lock().unwrap_or_else(PoisonError::into_inner) = Some(sender);
+            *self.idle.lock().unwrap_or_else(PoisonError::into_inner) =
+                Some((sender, Instant::now()));
             Ok((status, body))
         };
         timeout(ANSWER_TIMEOUT, exchange)
@@ -183,9 +190,10 @@ impl Connector {
             .idle
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .take();
+            .take()
+            .filter(|(_, since)| since.elapsed() < IDLE_REUSE);
         let mut req = req;
-        if let Some(mut sender) = idle {
+        if let Some((mut sender, _)) = idle {
             if sender.ready().await.is_ok() {
                 let again = copy(&req);
                 match sender.try_send_request(req).await {
