@@ -5,7 +5,7 @@
 set -euo pipefail
 
 APT_PACKAGES=(wireguard-tools wireguard-go iproute2 nftables iperf3 curl dnsutils sqlite3 procps iputils-ping python3
-    chromium libnss3-tools tesseract-ocr nginx-light)
+    chromium libnss3-tools tesseract-ocr nginx-light openssl)
 
 export DEBIAN_FRONTEND=noninteractive
 log() { printf '[deps] %s\n' "$*" >&2; }

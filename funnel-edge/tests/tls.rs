@@ -226,6 +226,76 @@ async fn name_constraint_stops_the_ca_key_vouching_for_other_domains() {
     );
 }
 
+/// `openssl s_client` fetches `/` from the test server as `name`, resuming the session saved
+/// in `session` when it exists and saving the new one there; returns whether it was resumed.
+fn s_client_resumes(port: u16, name: &str, session: &Path) -> bool {
+    let mut cmd = Command::new("timeout");
+    cmd.args([
+        "20",
+        "openssl",
+        "s_client",
+        "-ign_eof",
+        "-servername",
+        name,
+        "-connect",
+    ])
+    .arg(format!("127.0.0.1:{port}"))
+    .arg("-sess_out")
+    .arg(session);
+    if session.exists() {
+        cmd.arg("-sess_in").arg(session);
+    }
+    let request = format!("GET / HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n");
+    let out = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write as _;
+            child.stdin.take().unwrap().write_all(request.as_bytes())?;
+            child.wait_with_output()
+        })
+        .expect("running openssl s_client (this test needs openssl installed)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(BODY), "no answer: {stdout}");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("New,") || l.starts_with("Reused,"))
+        .unwrap_or_else(|| panic!("no session line: {stdout}"));
+    line.starts_with("Reused,")
+}
+
+/// A client resumes its TLS session (no certificate, no signature) even after many other
+/// clients' handshakes: the tickets are stateless, not entries of a bounded server-side cache
+/// (rustls's default keeps 256, which 300 handshakes between push the first one out of).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_resume_by_ticket_after_many_other_handshakes() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = open_ca(dir.path());
+    let addr = serve(ca).await;
+    let ca_pem = std::fs::read_to_string(dir.path().join("ca.pem")).unwrap();
+    let session = dir.path().join("session.pem");
+    let port = addr.port();
+    let name = "hello.funnel.localhost";
+    let resumed = |session: std::path::PathBuf| {
+        tokio::task::spawn_blocking(move || s_client_resumes(port, name, &session))
+    };
+    assert!(
+        !resumed(session.clone()).await.unwrap(),
+        "first: a full handshake"
+    );
+    assert!(resumed(session.clone()).await.unwrap(), "resumed at once");
+    for _ in 0..300 {
+        // A new client each time: a full handshake and new tickets every time.
+        let other = client(&ca_pem, &[b"http/1.1"], BOTH);
+        handshake(&other, addr, "other.funnel.localhost")
+            .await
+            .unwrap();
+    }
+    assert!(resumed(session).await.unwrap(), "resumed after 300 others");
+}
+
 /// Runs curl against `name` on the test server, `name` resolved to 127.0.0.1.
 fn curl(port: u16, name: &str, cacert: Option<&Path>) -> std::process::Output {
     let mut cmd = Command::new("curl");
