@@ -257,7 +257,7 @@ async fn run(
                     }
                     // The stack takes a large backlog at once rather than dropping what would
                     // not fit its queue.
-                    if stack.device.rx.len() >= RX_BACKLOG {
+                    if stack.device.backlog() >= RX_BACKLOG {
                         tun_ingress::poll(&mut stack, &mut peers, &mut sink, now);
                     }
                     sink.flush(&udp, &dev).await;

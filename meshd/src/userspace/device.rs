@@ -7,6 +7,9 @@
 //! Checksums are computed on what the stack sends but not verified on what it receives: every
 //! received packet was decrypted and authenticated by the WireGuard core (as Linux's WireGuard
 //! marks its packets' checksums as already checked).
+//!
+//! A TCP segment that continues the last one queued is joined to it ([`super::coalesce`]): the
+//! stack takes a run of a flow's segments as one. The queue's bound counts the segments.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -14,6 +17,7 @@ use std::net::SocketAddr;
 use smoltcp::phy::{self, Checksum, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
 
+use super::coalesce::{Run, JOINED_MAX};
 use crate::packet::{self, PacketInfo, Transport};
 
 /// Packets queued each way before more are dropped (as a congested link would).
@@ -23,6 +27,8 @@ pub const QUEUE: usize = 1024;
 /// spares than that, every burst allocated (and zeroed) buffers for its excess and freed them after
 /// (malloc, memset and free were ~4 % of the edge's CPU for 1 MiB responses).
 const SPARE: usize = QUEUE;
+/// Spare buffers of joined packets ([`JOINED_MAX`] each) kept for reuse.
+const JOINED_SPARE: usize = 256;
 
 /// A queue-backed IP device (no link layer) with the mesh MTU.
 #[derive(Debug)]
@@ -32,7 +38,12 @@ pub struct QueueDevice {
     mtu: usize,
     /// Packets dropped because a queue was full.
     pub dropped: u64,
+    /// Segments in `rx`, joined ones counted one by one.
+    backlog: usize,
+    /// Segments joined to the one before them.
+    pub joined: u64,
     rx_spare: Vec<Vec<u8>>,
+    rx_joined: Vec<Vec<u8>>,
     tx_spare: Vec<Vec<u8>>,
     /// Where the next received packet is written ([`QueueDevice::rx_room`]).
     room: Vec<u8>,
@@ -43,13 +54,21 @@ pub struct QueueDevice {
 #[derive(Debug)]
 pub struct RxPacket {
     buf: Vec<u8>,
+    /// Where the packet starts in `buf` (past 0 for the last segment of a joined one).
+    start: usize,
     len: usize,
     segment: Option<Segment>,
+    /// The run later segments may join, if any.
+    run: Option<Run>,
+    /// Segments joined in this packet.
+    segments: usize,
+    /// Payload bytes of the last segment joined.
+    last: usize,
 }
 
 impl RxPacket {
     pub fn bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
+        &self.buf[self.start..self.start + self.len]
     }
 
     /// Whose TCP segment this is, from the parse the packet filter made.
@@ -100,7 +119,10 @@ impl QueueDevice {
             tx: VecDeque::new(),
             mtu,
             dropped: 0,
+            backlog: 0,
+            joined: 0,
             rx_spare: Vec::new(),
+            rx_joined: Vec::new(),
             tx_spare: Vec::new(),
             room: Vec::new(),
         }
@@ -126,17 +148,68 @@ impl QueueDevice {
         &mut self.room
     }
 
-    /// Queues the first `len` bytes of the room for the stack; false (and counted) when the
-    /// queue is full, and the room is written over by the next packet.
+    /// Queues the first `len` bytes of the room for the stack, joined to the last packet queued
+    /// if it continues it; false (and counted) when the queue is full, and the room is written
+    /// over by the next packet.
     pub fn push_room(&mut self, len: usize, segment: Option<Segment>) -> bool {
-        if self.rx.len() >= QUEUE {
+        if self.backlog >= QUEUE {
             self.dropped += 1;
             return false;
         }
+        self.backlog += 1;
+        let len = len.min(self.room.len());
+        let run = segment.and_then(|_| Run::of(&self.room[..len]));
+        if run.is_some_and(|run| self.join(run)) {
+            // The room stays, for the next packet.
+            return true;
+        }
         let buf = std::mem::take(&mut self.room);
-        let len = len.min(buf.len());
-        self.rx.push_back(RxPacket { buf, len, segment });
+        self.rx.push_back(RxPacket {
+            buf,
+            start: 0,
+            len,
+            segment,
+            run,
+            segments: 1,
+            last: 0,
+        });
         true
+    }
+
+    /// Joins the packet in the room (whose run is `next`) to the last one queued, if it
+    /// continues it. The first join moves that packet into a buffer of [`JOINED_MAX`].
+    fn join(&mut self, next: Run) -> bool {
+        let Some(back) = self.rx.back_mut() else {
+            return false;
+        };
+        let Some(run) = back.run else {
+            return false;
+        };
+        let packet = &self.room[..next.len()];
+        if !run.continued_by(back.bytes(), packet, &next) {
+            return false;
+        }
+        if back.buf.capacity() < JOINED_MAX {
+            let mut joined = self
+                .rx_joined
+                .pop()
+                .unwrap_or_else(|| Vec::with_capacity(JOINED_MAX));
+            joined.clear();
+            joined.extend_from_slice(&back.buf[..run.len()]);
+            keep_spare(&mut self.rx_spare, std::mem::replace(&mut back.buf, joined));
+        }
+        let joined = run.join(&mut back.buf, packet, &next);
+        back.len = joined.len();
+        back.last = next.payload_len();
+        back.run = Some(joined);
+        back.segments += 1;
+        self.joined += 1;
+        true
+    }
+
+    /// Segments waiting for the stack (a joined packet counts each of its own).
+    pub fn backlog(&self) -> usize {
+        self.backlog
     }
 
     /// Takes back a buffer of a packet taken from `tx`, for a later one.
@@ -156,11 +229,28 @@ impl phy::Device for QueueDevice {
     type TxToken<'a> = TxToken<'a>;
 
     fn receive(&mut self, _now: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
-        let packet = self.rx.pop_front()?;
+        let mut packet = self.rx.pop_front()?;
+        // A joined packet reaches the stack as two: its segments but the last, then the last.
+        // smoltcp acknowledges a second segment that arrives while an acknowledgement is owed
+        // at once, and delays one that arrives alone (by its ACK delay), however long; a sender
+        // whose whole window arrived as one would wait for that delay.
+        let requeue = match packet.run {
+            Some(run) if packet.segments > 1 && packet.start == 0 => {
+                packet.len = run.cut(&mut packet.buf, packet.last);
+                self.backlog -= packet.segments - 1;
+                Some(&mut self.rx)
+            }
+            _ => {
+                self.backlog -= 1;
+                None
+            }
+        };
         Some((
             RxToken {
                 packet,
+                requeue,
                 spare: &mut self.rx_spare,
+                joined: &mut self.rx_joined,
             },
             TxToken {
                 queue: &mut self.tx,
@@ -205,7 +295,10 @@ fn authenticated() -> ChecksumCapabilities {
 #[derive(Debug)]
 pub struct RxToken<'a> {
     packet: RxPacket,
+    /// For the first part of a joined packet: where its last segment goes back, to be next.
+    requeue: Option<&'a mut VecDeque<RxPacket>>,
     spare: &'a mut Vec<Vec<u8>>,
+    joined: &'a mut Vec<Vec<u8>>,
 }
 
 impl phy::RxToken for RxToken<'_> {
@@ -214,7 +307,19 @@ impl phy::RxToken for RxToken<'_> {
         F: FnOnce(&[u8]) -> R,
     {
         let r = f(self.packet.bytes());
-        keep_spare(self.spare, self.packet.buf);
+        let mut packet = self.packet;
+        if let (Some(rx), Some(run)) = (self.requeue, packet.run) {
+            let tail = run.tail(&mut packet.buf, packet.len);
+            (packet.start, packet.len, packet.segments) = (tail.start, tail.len(), 1);
+            rx.push_front(packet);
+            return r;
+        }
+        let buf = packet.buf;
+        if buf.capacity() < JOINED_MAX {
+            keep_spare(self.spare, buf);
+        } else if self.joined.len() < JOINED_SPARE {
+            self.joined.push(buf);
+        }
         r
     }
 }
@@ -331,6 +436,93 @@ mod tests {
             before,
             "the second burst reuses the first one's buffers"
         );
+    }
+
+    /// A data segment of the flow 100.64.0.2:8080 → 100.64.0.1:`port`.
+    fn data(port: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+        let mut p = packet::build::tcp_v4(
+            [100, 64, 0, 2].into(),
+            [100, 64, 0, 1].into(),
+            8080,
+            port,
+            packet::TcpFlags::ACK,
+            payload,
+        );
+        p[24..28].copy_from_slice(&seq.to_be_bytes());
+        p
+    }
+
+    fn push(d: &mut QueueDevice, p: &[u8]) -> bool {
+        d.push_rx(p, Segment::parse(p))
+    }
+
+    /// The sequence number, IPv4 header checksum's validity and payload of a packet.
+    fn seq_ok_payload(p: &[u8]) -> (u32, bool, Vec<u8>) {
+        let ip = smoltcp::wire::Ipv4Packet::new_checked(p).unwrap();
+        assert_eq!(usize::from(ip.total_len()), p.len());
+        let seq = u32::from_be_bytes([p[24], p[25], p[26], p[27]]);
+        (seq, ip.verify_checksum(), p[40..].to_vec())
+    }
+
+    #[test]
+    fn a_flows_run_is_queued_as_one_packet_and_taken_as_two() {
+        let mut d = QueueDevice::new(1420);
+        let pushes = [
+            (80, 1),
+            (80, 1001),
+            (80, 2001),
+            (80, 3001),
+            (81, 1),
+            (80, 4001),
+        ];
+        for (port, seq) in pushes {
+            assert!(push(&mut d, &data(port, seq, &[seq as u8; 1000])));
+        }
+        let sizes: Vec<usize> = d.rx.iter().map(|p| p.bytes().len()).collect();
+        assert_eq!(sizes, [4040, 1040, 1040], "another flow ends a run");
+        assert_eq!((d.backlog(), d.joined), (6, 3));
+        // The stack takes the run's segments but the last, then the last on its own.
+        let take = |d: &mut QueueDevice| {
+            let (rx, _) = d.receive(Instant::ZERO).unwrap();
+            rx.consume(|b| b.to_vec())
+        };
+        let first = take(&mut d);
+        assert_eq!(d.backlog(), 3);
+        assert_eq!(
+            seq_ok_payload(&first),
+            (1, true, [[1; 1000], [233; 1000], [209; 1000]].concat())
+        );
+        assert_eq!(Segment::parse(&first), Segment::parse(&data(80, 1, &[])));
+        assert_eq!(
+            d.rx.front().map(|p| p.segment),
+            Some(Segment::parse(&first))
+        );
+        let last = take(&mut d);
+        assert_eq!(d.backlog(), 2);
+        assert_eq!(seq_ok_payload(&last), (3001, true, vec![185; 1000]));
+        assert_eq!(&last[..24], &data(80, 3001, &[185; 1000])[..24]);
+        assert_eq!(take(&mut d), data(81, 1, &[1; 1000]));
+        // The joined packet's buffer serves the next run; a packet joined once is taken as two.
+        assert_eq!(d.rx_joined.len(), 1);
+        for seq in [5001, 5011] {
+            push(&mut d, &data(80, seq, &[1; 10]));
+        }
+        assert_eq!((d.rx_joined.len(), d.rx.len(), d.backlog()), (0, 1, 3));
+        let parts: Vec<u32> = (0..2).map(|_| seq_ok_payload(&take(&mut d)).0).collect();
+        assert_eq!(parts, [4001, 5011]);
+        assert!(d.receive(Instant::ZERO).is_none());
+        assert_eq!(d.backlog(), 0);
+    }
+
+    #[test]
+    fn the_queue_bound_counts_joined_segments() {
+        let mut d = QueueDevice::new(1420);
+        for i in 0..QUEUE as u32 {
+            assert!(push(&mut d, &data(80, 1 + i * 100, &[0; 100])));
+        }
+        assert!(d.rx.len() < QUEUE / 10, "{} packets", d.rx.len());
+        assert!(!push(&mut d, &data(80, 1 + QUEUE as u32 * 100, &[0; 100])));
+        assert_eq!(d.dropped, 1);
     }
 
     #[test]

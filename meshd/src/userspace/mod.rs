@@ -11,6 +11,7 @@
 //! replies are taken out of the inbound path before the stack sees them; echo requests to the
 //! node are answered by the stack.
 
+mod coalesce;
 pub mod device;
 pub mod handle;
 mod socket;
@@ -152,7 +153,7 @@ pub async fn run(
                 // loop): one read can carry hundreds of packets, and what does not fit the
                 // device's queue would be lost while the kernel's socket buffer had room.
                 for _ in 0..RECV_ROUNDS {
-                    if sink.device.rx.len() >= RX_BACKLOG {
+                    if sink.device.backlog() >= RX_BACKLOG {
                         break;
                     }
                     match udp.try_recv(&mut urecv) {

@@ -396,6 +396,43 @@ async fn a_round_costs_the_connections_that_changed_not_every_open_one() {
     assert_eq!(&got[..], b"200");
 }
 
+/// A bulk transfer's segments reach the receiving stack joined in runs, and every byte arrives in
+/// order: smoltcp takes segments larger than the link's MTU.
+#[tokio::test]
+async fn a_bulk_transfer_reaches_the_stack_in_joined_runs() {
+    let (mut a, mut b, mut clients, mut servers) = stepped_pair(1).await;
+    let (client, mut server) = (clients.remove(0), servers.remove(0));
+    let data: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let sent = data.clone();
+    let mut writer = client.writer;
+    let send = tokio::spawn(async move {
+        writer.send(&sent).await.unwrap();
+        drop(writer);
+    });
+    let before = b.device.joined;
+    let mut segments = 0;
+    let mut got = vec![];
+    for _ in 0..100_000 {
+        a.poll(Instant::now());
+        segments += a.device.tx.len();
+        step(&mut a, &mut b);
+        tokio::task::yield_now().await;
+        while let Ok(Some(c)) = tokio::time::timeout(Duration::ZERO, server.reader.recv()).await {
+            got.extend_from_slice(&c.unwrap());
+        }
+        if got.len() == data.len() {
+            break;
+        }
+    }
+    send.await.unwrap();
+    assert!(got == data, "{} of {} bytes", got.len(), data.len());
+    let joined = b.device.joined - before;
+    assert!(
+        joined as usize > segments / 2,
+        "{joined} of {segments} segments joined"
+    );
+}
+
 /// A read that empties a full receive buffer wakes the driver for the window update: in rounds
 /// where no time passes (no timer can fire, no probe), the sender gets to send again.
 #[tokio::test]
