@@ -86,26 +86,28 @@ impl Run {
         set_ip_len(&mut packet[..self.len], self.ip_len);
     }
 
-    /// Cuts the packet whose run this is (a joined one) before its last `last` payload bytes:
-    /// its IP length then covers the rest. Returns that length, where [`Run::tail`] starts.
-    pub fn cut(&self, packet: &mut [u8], last: usize) -> usize {
-        let first = self.len - last.min(self.payload_len() - 1);
+    /// Cuts the packet whose run this is (a joined one) after its first `keep` payload bytes:
+    /// its IP length then covers those. Returns that length, where [`Run::rest`] starts.
+    pub fn cut(&self, packet: &mut [u8], keep: usize) -> usize {
+        let first = self.header_len() + keep.clamp(1, self.payload_len() - 1);
         set_ip_len(&mut packet[..first], self.ip_len);
         first
     }
 
-    /// After [`Run::cut`] at `first`: makes the bytes from `first` on a packet of their own, with
-    /// a copy of the header (and the sequence number they start at) just before them, and
-    /// returns where that packet is in `packet`.
-    pub fn tail(&self, packet: &mut [u8], first: usize) -> std::ops::Range<usize> {
+    /// After [`Run::cut`] at `first`, once that part has been read: makes the bytes from
+    /// `first` on a packet of their own, with a copy of the header (and the sequence number they
+    /// start at) just before them (over the first part's last bytes). Returns where that packet
+    /// starts in `packet`, and its run.
+    pub fn rest(&self, packet: &mut [u8], first: usize) -> (usize, Run) {
         let h = self.header_len();
         let start = first - h;
         let seq = self.next_seq.wrapping_sub((self.len - first) as u32);
         packet.copy_within(..h, start);
-        let tail = &mut packet[start..self.len];
-        tail[self.ip_len + 4..self.ip_len + 8].copy_from_slice(&seq.to_be_bytes());
-        set_ip_len(tail, self.ip_len);
-        start..self.len
+        let rest = &mut packet[start..self.len];
+        rest[self.ip_len + 4..self.ip_len + 8].copy_from_slice(&seq.to_be_bytes());
+        set_ip_len(rest, self.ip_len);
+        let len = rest.len();
+        (start, Run { len, ..*self })
     }
 
     /// The packet's length by its IP header.

@@ -42,6 +42,8 @@ pub struct QueueDevice {
     backlog: usize,
     /// Segments joined to the one before them.
     pub joined: u64,
+    /// The packet at the front of `rx` is the rest of the one the stack took last.
+    rest_at_front: bool,
     rx_spare: Vec<Vec<u8>>,
     rx_joined: Vec<Vec<u8>>,
     tx_spare: Vec<Vec<u8>>,
@@ -62,8 +64,25 @@ pub struct RxPacket {
     run: Option<Run>,
     /// Segments joined in this packet.
     segments: usize,
-    /// Payload bytes of the last segment joined.
+    /// Payload bytes of the first and the last segment joined.
+    first: usize,
     last: usize,
+    /// How the stack takes the packet.
+    split: Split,
+}
+
+/// How a packet reaches the stack: a joined one in parts (see [`QueueDevice::receive`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Split {
+    /// As it is.
+    Whole,
+    /// Its first segment's bytes, then as [`Split::Rest`] (or [`Split::Chunks`] if the stack
+    /// answered that segment at once: it was out of order).
+    Probe,
+    /// All but the last segment's bytes, then the last.
+    Rest,
+    /// A segment's worth of bytes at a time.
+    Chunks,
 }
 
 impl RxPacket {
@@ -121,6 +140,7 @@ impl QueueDevice {
             dropped: 0,
             backlog: 0,
             joined: 0,
+            rest_at_front: false,
             rx_spare: Vec::new(),
             rx_joined: Vec::new(),
             tx_spare: Vec::new(),
@@ -171,7 +191,9 @@ impl QueueDevice {
             segment,
             run,
             segments: 1,
+            first: 0,
             last: 0,
+            split: Split::Whole,
         });
         true
     }
@@ -198,6 +220,9 @@ impl QueueDevice {
             joined.extend_from_slice(&back.buf[..run.len()]);
             keep_spare(&mut self.rx_spare, std::mem::replace(&mut back.buf, joined));
         }
+        if back.split == Split::Whole {
+            (back.first, back.split) = (run.payload_len(), Split::Probe);
+        }
         let joined = run.join(&mut back.buf, packet, &next);
         back.len = joined.len();
         back.last = next.payload_len();
@@ -205,6 +230,21 @@ impl QueueDevice {
         back.segments += 1;
         self.joined += 1;
         true
+    }
+
+    /// The stack answered the part of a joined packet it just took at once (it was out of order,
+    /// or filled a gap): the rest goes to it a segment's worth at a time, so that each part
+    /// that is out of order gets its own duplicate acknowledgement (three of them make the
+    /// sender resend at once; fewer leave it to its retransmission timeout).
+    pub fn split_by_segment(&mut self) {
+        if !self.rest_at_front {
+            return;
+        }
+        if let Some(p) = self.rx.front_mut() {
+            if p.split != Split::Whole {
+                p.split = Split::Chunks;
+            }
+        }
     }
 
     /// Segments waiting for the stack (a joined packet counts each of its own).
@@ -230,20 +270,30 @@ impl phy::Device for QueueDevice {
 
     fn receive(&mut self, _now: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
         let mut packet = self.rx.pop_front()?;
-        // A joined packet reaches the stack as two: its segments but the last, then the last.
-        // smoltcp acknowledges a second segment that arrives while an acknowledgement is owed
-        // at once, and delays one that arrives alone (by its ACK delay), however long; a sender
-        // whose whole window arrived as one would wait for that delay.
-        let requeue = match packet.run {
-            Some(run) if packet.segments > 1 && packet.start == 0 => {
-                packet.len = run.cut(&mut packet.buf, packet.last);
-                self.backlog -= packet.segments - 1;
-                Some(&mut self.rx)
+        if !self.rest_at_front {
+            self.backlog -= packet.segments;
+        }
+        self.rest_at_front = false;
+        // A joined packet reaches the stack in parts: its first segment; then, if the stack did
+        // not answer that at once (it was in order), the other segments but the last, and the
+        // last. smoltcp acknowledges a second segment that arrives while an acknowledgement is
+        // owed at once, and delays (by its ACK delay) one that arrives alone, however long: a
+        // sender whose whole window arrived as one would wait for that delay.
+        let keep = packet.run.and_then(|run| {
+            let payload = run.payload_len();
+            let keep = match packet.split {
+                Split::Whole => 0,
+                Split::Probe | Split::Chunks => packet.first,
+                Split::Rest => payload.saturating_sub(packet.last),
+            };
+            (keep > 0 && keep < payload).then_some((run, keep))
+        });
+        let requeue = match keep {
+            Some((run, keep)) => {
+                packet.len = run.cut(&mut packet.buf[packet.start..], keep);
+                Some((&mut self.rx, &mut self.rest_at_front))
             }
-            _ => {
-                self.backlog -= 1;
-                None
-            }
+            None => None,
         };
         Some((
             RxToken {
@@ -295,8 +345,9 @@ fn authenticated() -> ChecksumCapabilities {
 #[derive(Debug)]
 pub struct RxToken<'a> {
     packet: RxPacket,
-    /// For the first part of a joined packet: where its last segment goes back, to be next.
-    requeue: Option<&'a mut VecDeque<RxPacket>>,
+    /// For a part of a joined packet: where the rest goes back, to be next (and the flag that
+    /// says it is there).
+    requeue: Option<(&'a mut VecDeque<RxPacket>, &'a mut bool)>,
     spare: &'a mut Vec<Vec<u8>>,
     joined: &'a mut Vec<Vec<u8>>,
 }
@@ -308,10 +359,16 @@ impl phy::RxToken for RxToken<'_> {
     {
         let r = f(self.packet.bytes());
         let mut packet = self.packet;
-        if let (Some(rx), Some(run)) = (self.requeue, packet.run) {
-            let tail = run.tail(&mut packet.buf, packet.len);
-            (packet.start, packet.len, packet.segments) = (tail.start, tail.len(), 1);
+        if let (Some((rx, rest_at_front)), Some(run)) = (self.requeue, packet.run) {
+            let (start, rest) = run.rest(&mut packet.buf[packet.start..], packet.len);
+            packet.start += start;
+            packet.len = rest.len();
+            packet.run = Some(rest);
+            if packet.split == Split::Probe {
+                packet.split = Split::Rest;
+            }
             rx.push_front(packet);
+            *rest_at_front = true;
             return r;
         }
         let buf = packet.buf;
@@ -481,21 +538,23 @@ mod tests {
         let sizes: Vec<usize> = d.rx.iter().map(|p| p.bytes().len()).collect();
         assert_eq!(sizes, [4040, 1040, 1040], "another flow ends a run");
         assert_eq!((d.backlog(), d.joined), (6, 3));
-        // The stack takes the run's segments but the last, then the last on its own.
+        // The stack takes the run's first segment, then the others but the last, then the last.
         let take = |d: &mut QueueDevice| {
             let (rx, _) = d.receive(Instant::ZERO).unwrap();
             rx.consume(|b| b.to_vec())
         };
         let first = take(&mut d);
-        assert_eq!(d.backlog(), 3);
-        assert_eq!(
-            seq_ok_payload(&first),
-            (1, true, [[1; 1000], [233; 1000], [209; 1000]].concat())
-        );
+        assert_eq!(d.backlog(), 2);
+        assert_eq!(seq_ok_payload(&first), (1, true, vec![1; 1000]));
         assert_eq!(Segment::parse(&first), Segment::parse(&data(80, 1, &[])));
         assert_eq!(
             d.rx.front().map(|p| p.segment),
             Some(Segment::parse(&first))
+        );
+        let middle = take(&mut d);
+        assert_eq!(
+            seq_ok_payload(&middle),
+            (1001, true, [[233; 1000], [209; 1000]].concat())
         );
         let last = take(&mut d);
         assert_eq!(d.backlog(), 2);
@@ -508,9 +567,31 @@ mod tests {
             push(&mut d, &data(80, seq, &[1; 10]));
         }
         assert_eq!((d.rx_joined.len(), d.rx.len(), d.backlog()), (0, 1, 3));
-        let parts: Vec<u32> = (0..2).map(|_| seq_ok_payload(&take(&mut d)).0).collect();
-        assert_eq!(parts, [4001, 5011]);
+        let parts: Vec<u32> = (0..3).map(|_| seq_ok_payload(&take(&mut d)).0).collect();
+        assert_eq!(parts, [4001, 5001, 5011]);
         assert!(d.receive(Instant::ZERO).is_none());
+        assert_eq!(d.backlog(), 0);
+    }
+
+    #[test]
+    fn a_run_the_stack_answered_at_once_goes_on_a_segment_at_a_time() {
+        let mut d = QueueDevice::new(1420);
+        for seq in [1, 1001, 2001, 3001] {
+            push(&mut d, &data(80, seq, &[seq as u8; 1000]));
+        }
+        push(&mut d, &data(81, 1, &[0; 100]));
+        let take = |d: &mut QueueDevice| {
+            let (rx, _) = d.receive(Instant::ZERO).unwrap();
+            seq_ok_payload(&rx.consume(|b| b.to_vec()))
+        };
+        assert_eq!(take(&mut d), (1, true, vec![1; 1000]));
+        d.split_by_segment();
+        for seq in [1001, 2001, 3001] {
+            assert_eq!(take(&mut d), (seq, true, vec![seq as u8; 1000]));
+            // Only the rest of the packet just taken is split, not the next one.
+            d.split_by_segment();
+        }
+        assert_eq!(take(&mut d).2, [0; 100]);
         assert_eq!(d.backlog(), 0);
     }
 

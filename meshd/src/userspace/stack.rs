@@ -332,8 +332,12 @@ impl StackCore {
                     .poll_ingress_single(ts, &mut self.device, &mut self.unmatched);
                 continue;
             };
+            let sent = self.device.tx.len();
             self.iface
                 .poll_ingress_single(ts, &mut self.device, &mut slot.sock.lock().set);
+            if self.device.tx.len() > sent {
+                self.device.split_by_segment();
+            }
             slot.touch(id, &mut self.touched);
             if slot.conn.is_none() && slot.state() != tcp::State::Listen {
                 self.accepting(id);

@@ -433,6 +433,63 @@ async fn a_bulk_transfer_reaches_the_stack_in_joined_runs() {
     );
 }
 
+/// Segments that arrive after a lost one, joined or not, each get their duplicate
+/// acknowledgement: three make the sender resend at once (one per joined run would leave it
+/// to its 1 s retransmission timeout).
+#[tokio::test]
+async fn each_segment_after_a_loss_is_acknowledged_again() {
+    let (mut a, mut b, mut clients, mut servers) = stepped_pair(1).await;
+    let (mut client, mut server) = (clients.remove(0), servers.remove(0));
+    // First a transfer that opens the sender's congestion window.
+    let warm = 300_000;
+    let mut writer = client.writer;
+    let send = tokio::spawn(async move {
+        writer.send(&vec![1; warm]).await.unwrap();
+        writer
+    });
+    let mut got = 0;
+    for _ in 0..100_000 {
+        step(&mut a, &mut b);
+        tokio::task::yield_now().await;
+        while let Ok(Some(c)) = tokio::time::timeout(Duration::ZERO, server.reader.recv()).await {
+            got += c.unwrap().len();
+        }
+        if got == warm {
+            break;
+        }
+    }
+    assert_eq!(got, warm);
+    client.writer = send.await.unwrap();
+    for _ in 0..20 {
+        step(&mut a, &mut b);
+    }
+    // Then a burst of segments at once (the send buffer fills before `a` polls).
+    client.writer.send(&[5; 12_000]).await.unwrap();
+    a.poll(Instant::now());
+    let mut sent: Vec<Vec<u8>> = a.device.tx.drain(..).collect();
+    assert!(sent.len() >= 4, "{} segments", sent.len());
+    let lost = sent.remove(0);
+    let lost_seq = u32::from_be_bytes(lost[24..28].try_into().unwrap());
+    for p in &sent {
+        b.device.push_rx(p, Segment::parse(p));
+    }
+    assert!(
+        b.device.joined > 0,
+        "the segments after the loss were joined"
+    );
+    b.poll(Instant::now());
+    let dup_acks = b
+        .device
+        .tx
+        .iter()
+        .filter(|p| {
+            let no_payload = p.len() == 20 + usize::from(p[32] >> 4) * 4;
+            no_payload && p[28..32] == lost_seq.to_be_bytes()
+        })
+        .count();
+    assert_eq!(dup_acks, sent.len(), "duplicate ACKs for the lost segment");
+}
+
 /// A read that empties a full receive buffer wakes the driver for the window update: in rounds
 /// where no time passes (no timer can fire, no probe), the sender gets to send again.
 #[tokio::test]
