@@ -76,14 +76,21 @@ pub struct RxPacket {
 enum Split {
     /// As it is.
     Whole,
-    /// Its first segment's bytes, then as [`Split::Rest`] (or [`Split::Chunks`] if the stack
-    /// answered that segment at once: it was out of order).
-    Probe,
+    /// Its first segment's bytes, then as [`Split::AfterFirst`].
+    First,
+    /// What follows the first segment: as [`Split::Rest`], or, if the stack answered the first
+    /// at once (it was out of order), as [`Split::Singles`] of [`SINGLES`].
+    AfterFirst,
+    /// A segment's worth of bytes, this many times, then as [`Split::Rest`].
+    Singles(u8),
     /// All but the last segment's bytes, then the last.
     Rest,
-    /// A segment's worth of bytes at a time.
-    Chunks,
 }
+
+/// Segments a run that arrived out of order gives the stack one by one after its first: with
+/// the first, the last and the rest, seven duplicate acknowledgements at most, where the sender
+/// resends at three (smoltcp: at three after the one that changed the window it knew, so four).
+const SINGLES: u8 = 3;
 
 impl RxPacket {
     pub fn bytes(&self) -> &[u8] {
@@ -221,7 +228,7 @@ impl QueueDevice {
             keep_spare(&mut self.rx_spare, std::mem::replace(&mut back.buf, joined));
         }
         if back.split == Split::Whole {
-            (back.first, back.split) = (run.payload_len(), Split::Probe);
+            (back.first, back.split) = (run.payload_len(), Split::First);
         }
         let joined = run.join(&mut back.buf, packet, &next);
         back.len = joined.len();
@@ -232,17 +239,18 @@ impl QueueDevice {
         true
     }
 
-    /// The stack answered the part of a joined packet it just took at once (it was out of order,
-    /// or filled a gap): the rest goes to it a segment's worth at a time, so that each part
-    /// that is out of order gets its own duplicate acknowledgement (three of them make the
-    /// sender resend at once; fewer leave it to its retransmission timeout).
-    pub fn split_by_segment(&mut self) {
+    /// The stack answered the first segment of a joined packet at once: it was out of order (a
+    /// segment before it was lost), or filled a gap. The next few go to the stack one by one, so
+    /// that the sender gets the duplicate acknowledgements it resends on; a run taken in three
+    /// parts would draw three, which a sender may need four of (then, at the end of a response,
+    /// it waits for its retransmission timeout, 1 s in smoltcp).
+    pub fn answered(&mut self) {
         if !self.rest_at_front {
             return;
         }
         if let Some(p) = self.rx.front_mut() {
-            if p.split != Split::Whole {
-                p.split = Split::Chunks;
+            if p.split == Split::AfterFirst {
+                p.split = Split::Singles(SINGLES);
             }
         }
     }
@@ -274,17 +282,17 @@ impl phy::Device for QueueDevice {
             self.backlog -= packet.segments;
         }
         self.rest_at_front = false;
-        // A joined packet reaches the stack in parts: its first segment; then, if the stack did
-        // not answer that at once (it was in order), the other segments but the last, and the
-        // last. smoltcp acknowledges a second segment that arrives while an acknowledgement is
-        // owed at once, and delays (by its ACK delay) one that arrives alone, however long: a
-        // sender whose whole window arrived as one would wait for that delay.
+        // A joined packet reaches the stack in parts: its first segment, the others but the
+        // last, and the last. smoltcp acknowledges a second segment that arrives while an
+        // acknowledgement is owed at once, and delays (by its ACK delay) one that arrives alone,
+        // however long: a sender whose whole window arrived as one would wait for that delay.
+        // After a lost segment, more parts (see `answered`).
         let keep = packet.run.and_then(|run| {
             let payload = run.payload_len();
             let keep = match packet.split {
                 Split::Whole => 0,
-                Split::Probe | Split::Chunks => packet.first,
-                Split::Rest => payload.saturating_sub(packet.last),
+                Split::First | Split::Singles(_) => packet.first,
+                Split::AfterFirst | Split::Rest => payload.saturating_sub(packet.last),
             };
             (keep > 0 && keep < payload).then_some((run, keep))
         });
@@ -346,7 +354,7 @@ fn authenticated() -> ChecksumCapabilities {
 pub struct RxToken<'a> {
     packet: RxPacket,
     /// For a part of a joined packet: where the rest goes back, to be next (and the flag that
-    /// says it is there).
+    /// says it is there, so that its segments are not counted off the backlog twice).
     requeue: Option<(&'a mut VecDeque<RxPacket>, &'a mut bool)>,
     spare: &'a mut Vec<Vec<u8>>,
     joined: &'a mut Vec<Vec<u8>>,
@@ -364,9 +372,12 @@ impl phy::RxToken for RxToken<'_> {
             packet.start += start;
             packet.len = rest.len();
             packet.run = Some(rest);
-            if packet.split == Split::Probe {
-                packet.split = Split::Rest;
-            }
+            packet.split = match packet.split {
+                Split::First => Split::AfterFirst,
+                Split::Singles(n) if n > 1 => Split::Singles(n - 1),
+                Split::Whole => Split::Whole,
+                _ => Split::Rest,
+            };
             rx.push_front(packet);
             *rest_at_front = true;
             return r;
@@ -574,24 +585,35 @@ mod tests {
     }
 
     #[test]
-    fn a_run_the_stack_answered_at_once_goes_on_a_segment_at_a_time() {
+    fn a_run_whose_first_segment_was_answered_goes_on_one_by_one_for_a_while() {
         let mut d = QueueDevice::new(1420);
-        for seq in [1, 1001, 2001, 3001] {
-            push(&mut d, &data(80, seq, &[seq as u8; 1000]));
+        for i in 0..8u32 {
+            push(&mut d, &data(80, 1 + i * 1000, &[i as u8; 1000]));
         }
         push(&mut d, &data(81, 1, &[0; 100]));
         let take = |d: &mut QueueDevice| {
             let (rx, _) = d.receive(Instant::ZERO).unwrap();
-            seq_ok_payload(&rx.consume(|b| b.to_vec()))
+            let (seq, ok, payload) = seq_ok_payload(&rx.consume(|b| b.to_vec()));
+            assert!(ok);
+            (seq, payload.len())
         };
-        assert_eq!(take(&mut d), (1, true, vec![1; 1000]));
-        d.split_by_segment();
-        for seq in [1001, 2001, 3001] {
-            assert_eq!(take(&mut d), (seq, true, vec![seq as u8; 1000]));
-            // Only the rest of the packet just taken is split, not the next one.
-            d.split_by_segment();
-        }
-        assert_eq!(take(&mut d).2, [0; 100]);
+        assert_eq!(take(&mut d), (1, 1000));
+        d.answered();
+        let parts: Vec<(u32, usize)> = (0..5).map(|_| take(&mut d)).collect();
+        assert_eq!(
+            parts,
+            [
+                (1001, 1000),
+                (2001, 1000),
+                (3001, 1000),
+                (4001, 3000),
+                (7001, 1000)
+            ],
+            "three one by one, then the rest but the last, then the last"
+        );
+        // Only the rest of the packet just taken changes, not the next one.
+        d.answered();
+        assert_eq!(take(&mut d), (1, 100));
         assert_eq!(d.backlog(), 0);
     }
 

@@ -336,7 +336,7 @@ impl StackCore {
             self.iface
                 .poll_ingress_single(ts, &mut self.device, &mut slot.sock.lock().set);
             if self.device.tx.len() > sent {
-                self.device.split_by_segment();
+                self.device.answered();
             }
             slot.touch(id, &mut self.touched);
             if slot.conn.is_none() && slot.state() != tcp::State::Listen {
