@@ -2,7 +2,7 @@
 //! arrive one after another become one large segment before smoltcp sees them, as a kernel's
 //! generic receive offload does. smoltcp's cost is per segment (parse, socket lookup, sequence
 //! checks, the assembler, a wake-up); a peer's bulk data arrives as runs of mesh-MTU segments of
-//! one flow, so a run of 40 costs the stack about what one did.
+//! one flow, so a run of 40 costs the stack about what the three parts it is taken in do.
 //!
 //! A segment joins the one before it only if nothing but its payload and window differ in
 //! meaning: same addresses and ports, the next sequence number, the same acknowledgement, the
@@ -127,8 +127,9 @@ impl Run {
         {
             return false;
         }
-        let (ip, tcp) = (self.ip_len, self.ip_len);
-        let addresses = if ip == 20 { 12..20 } else { 8..40 };
+        // The TCP header starts where the IP header ends.
+        let tcp = self.ip_len;
+        let addresses = if self.ip_len == 20 { 12..20 } else { 8..40 };
         let seq = u32::from_be_bytes([next[tcp + 4], next[tcp + 5], next[tcp + 6], next[tcp + 7]]);
         seq == self.next_seq
             && head[addresses.clone()] == next[addresses]

@@ -9,7 +9,8 @@
 //! marks its packets' checksums as already checked).
 //!
 //! A TCP segment that continues the last one queued is joined to it ([`super::coalesce`]): the
-//! stack takes a run of a flow's segments as one. The queue's bound counts the segments.
+//! stack takes a run of a flow's segments in a few parts instead of one by one (see
+//! [`QueueDevice::receive`]). The queue's bound counts the segments.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -42,8 +43,6 @@ pub struct QueueDevice {
     backlog: usize,
     /// Segments joined to the one before them.
     pub joined: u64,
-    /// The packet at the front of `rx` is the rest of the one the stack took last.
-    rest_at_front: bool,
     rx_spare: Vec<Vec<u8>>,
     rx_joined: Vec<Vec<u8>>,
     tx_spare: Vec<Vec<u8>>,
@@ -147,7 +146,6 @@ impl QueueDevice {
             dropped: 0,
             backlog: 0,
             joined: 0,
-            rest_at_front: false,
             rx_spare: Vec::new(),
             rx_joined: Vec::new(),
             tx_spare: Vec::new(),
@@ -245,9 +243,7 @@ impl QueueDevice {
     /// parts would draw three, which a sender may need four of (then, at the end of a response,
     /// it waits for its retransmission timeout, 1 s in smoltcp).
     pub fn answered(&mut self) {
-        if !self.rest_at_front {
-            return;
-        }
+        // Only the rest of the packet just taken is `AfterFirst` (it goes back to the front).
         if let Some(p) = self.rx.front_mut() {
             if p.split == Split::AfterFirst {
                 p.split = Split::Singles(SINGLES);
@@ -278,10 +274,10 @@ impl phy::Device for QueueDevice {
 
     fn receive(&mut self, _now: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
         let mut packet = self.rx.pop_front()?;
-        if !self.rest_at_front {
+        // The rest of a joined packet (past its start) was counted off with its first part.
+        if packet.start == 0 {
             self.backlog -= packet.segments;
         }
-        self.rest_at_front = false;
         // A joined packet reaches the stack in parts: its first segment, the others but the
         // last, and the last. smoltcp acknowledges a second segment that arrives while an
         // acknowledgement is owed at once, and delays (by its ACK delay) one that arrives alone,
@@ -299,7 +295,7 @@ impl phy::Device for QueueDevice {
         let requeue = match keep {
             Some((run, keep)) => {
                 packet.len = run.cut(&mut packet.buf[packet.start..], keep);
-                Some((&mut self.rx, &mut self.rest_at_front))
+                Some(&mut self.rx)
             }
             None => None,
         };
@@ -353,9 +349,8 @@ fn authenticated() -> ChecksumCapabilities {
 #[derive(Debug)]
 pub struct RxToken<'a> {
     packet: RxPacket,
-    /// For a part of a joined packet: where the rest goes back, to be next (and the flag that
-    /// says it is there, so that its segments are not counted off the backlog twice).
-    requeue: Option<(&'a mut VecDeque<RxPacket>, &'a mut bool)>,
+    /// For a part of a joined packet: where the rest goes back, to be next.
+    requeue: Option<&'a mut VecDeque<RxPacket>>,
     spare: &'a mut Vec<Vec<u8>>,
     joined: &'a mut Vec<Vec<u8>>,
 }
@@ -367,7 +362,7 @@ impl phy::RxToken for RxToken<'_> {
     {
         let r = f(self.packet.bytes());
         let mut packet = self.packet;
-        if let (Some((rx, rest_at_front)), Some(run)) = (self.requeue, packet.run) {
+        if let (Some(rx), Some(run)) = (self.requeue, packet.run) {
             let (start, rest) = run.rest(&mut packet.buf[packet.start..], packet.len);
             packet.start += start;
             packet.len = rest.len();
@@ -379,7 +374,6 @@ impl phy::RxToken for RxToken<'_> {
                 _ => Split::Rest,
             };
             rx.push_front(packet);
-            *rest_at_front = true;
             return r;
         }
         let buf = packet.buf;
@@ -533,7 +527,7 @@ mod tests {
     }
 
     #[test]
-    fn a_flows_run_is_queued_as_one_packet_and_taken_as_two() {
+    fn a_flows_run_is_queued_as_one_packet_and_taken_in_parts() {
         let mut d = QueueDevice::new(1420);
         let pushes = [
             (80, 1),
@@ -572,7 +566,7 @@ mod tests {
         assert_eq!(seq_ok_payload(&last), (3001, true, vec![185; 1000]));
         assert_eq!(&last[..24], &data(80, 3001, &[185; 1000])[..24]);
         assert_eq!(take(&mut d), data(81, 1, &[1; 1000]));
-        // The joined packet's buffer serves the next run; a packet joined once is taken as two.
+        // The joined packet's buffer serves the next run, taken in three parts too.
         assert_eq!(d.rx_joined.len(), 1);
         for seq in [5001, 5011] {
             push(&mut d, &data(80, seq, &[1; 10]));
